@@ -1,0 +1,284 @@
+"""`LVPruningModel`: the PEFT tuner that injects decision modules into a LLaVA model.
+
+Injection attaches a `DecisionLayer` (a PEFT tuner layer) as the child `pruner` of each decoder
+layer that has a module before it, and installs the `TokenPruner` hooks once. The base model's
+own modules and parameters are never replaced or modified: disabling the adapter turns the hooks
+into no-ops, and `unload()` removes the hooks and the `pruner` children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from peft import PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from .architecture import check_attention, find_llava_parts
+from .config import LVPruningConfig
+from .layer import DecisionLayer, DecisionModule
+from .pruning import PruneMode, PruningPlan, PruningStats, TokenPruner
+from .registration import PREFIX
+from .scorers import LearnedScorer, Scorer
+
+HOLDER_NAME = "pruner"
+ADAPTER_ATTR = "lvpruning_module"
+
+
+class LVPruningModel(BaseTuner):
+    """PEFT tuner for LVPruning (see `LVPruningConfig` for what is configured).
+
+    Only the decision modules are trainable and saved; the base model is frozen and untouched.
+    """
+
+    prefix: str = PREFIX
+    tuner_layer_cls = DecisionLayer
+    target_module_mapping: dict[str, list[str]] = {}  # noqa: RUF012 (PEFT's class attribute)
+
+    # -- injection --------------------------------------------------------------------------------
+
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Validate the model and config, create the decision modules and install the hooks."""
+        config: LVPruningConfig = self.peft_config[adapter_name]
+        parts = find_llava_parts(model)
+        check_attention(parts)
+        check_base_shape(config, parts.hidden_size, parts.num_layers)
+        positions = config.resolve_layers(parts.num_layers)
+        config.layers = positions
+        config.num_modules = len(positions)
+        config.validate()  # the resolved layers must agree with an explicit schedule's length
+        config.base_text_hidden_size = parts.hidden_size
+        config.base_text_num_layers = parts.num_layers
+        dim = config.pruner_dim or parts.hidden_size
+        if dim % config.pruner_heads:
+            raise ValueError(
+                f"LVPruningConfig.pruner_heads={config.pruner_heads} must divide the module width {dim} "
+                f"(pruner_dim=None uses the language model's hidden size {parts.hidden_size})."
+            )
+        for p in positions:
+            layer = parts.layers[p]
+            holder = getattr(layer, HOLDER_NAME, None)
+            if holder is None:
+                holder = DecisionLayer()
+                layer.add_module(HOLDER_NAME, holder)
+            reference = next(layer.parameters())
+            device = reference.device if reference.device.type != "meta" else None
+            module = DecisionModule(
+                parts.hidden_size, dim, config.pruner_heads, config.pruner_blocks, config.pruner_ffn_mult
+            ).to(device=device)
+            holder.update_layer(adapter_name, module)
+            holder.set_adapter(self.active_adapters)
+            self.targeted_module_names.append(f"{_module_name(model, layer)}.{HOLDER_NAME}")
+        self._parts = parts
+        if getattr(self, "_pruner", None) is None:
+            self._pruner = TokenPruner(parts, self._plan)
+            self._mode = PruneMode.REMOVE
+            self._scorer_override: list[Scorer] | None = None
+            self._pruner.install()
+        self._mark_only_adapters_as_trainable(model)
+        if config.inference_mode:
+            for holder in self._holders():
+                if adapter_name in holder.lvpruning_module:
+                    holder.lvpruning_module[adapter_name].requires_grad_(False)
+
+    def _create_and_replace(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("LVPruning injects through inject_adapter; it replaces no module.")
+
+    def _prepare_adapter_config(self, peft_config: LVPruningConfig, model_config: dict) -> LVPruningConfig:
+        return peft_config
+
+    @staticmethod
+    def _check_target_module_exists(peft_config: LVPruningConfig, key: str) -> bool:
+        return False
+
+    def _check_new_adapter_config(self, config: LVPruningConfig) -> None:
+        if not isinstance(config, LVPruningConfig):
+            raise TypeError(f"LVPruningModel only takes LVPruningConfig adapters, got {type(config).__name__}.")
+
+    # -- what a forward does ----------------------------------------------------------------------
+
+    def _plan(self) -> PruningPlan | None:
+        holders = self._holders()
+        if not holders or all(h.disable_adapters for h in holders):
+            return None
+        adapter = self._single_active_adapter()
+        if adapter is None:
+            return None
+        config: LVPruningConfig = self.peft_config[adapter]
+        scorers: list[Scorer] = self._scorer_override or [
+            LearnedScorer(getattr(self._parts.layers[p], HOLDER_NAME).lvpruning_module[adapter])
+            for p in config.layers
+        ]
+        return PruningPlan(
+            positions=list(config.layers),
+            ratios=config.resolve_schedule(),
+            scorers=scorers,
+            mode=self._mode,
+            training=self.model.training,
+            temperature=config.gumbel_temperature,
+        )
+
+    def _single_active_adapter(self) -> str | None:
+        active = self.active_adapters
+        if not active:
+            return None
+        if len(active) > 1:
+            raise ValueError(
+                f"LVPruning runs one adapter at a time, but {active} are active. Call set_adapter(name)."
+            )
+        return active[0]
+
+    def _holders(self) -> list[DecisionLayer]:
+        return [m for m in self.model.modules() if isinstance(m, DecisionLayer)]
+
+    @property
+    def pruning_stats(self) -> PruningStats:
+        """Ratio loss (training) and realised keep ratios of the last forward."""
+        return self._pruner.stats
+
+    def set_keep(self, keep: float, adapter_name: str | None = None) -> list[float]:
+        """Change the final keep ratio without retraining; returns the new schedule.
+
+        The default progressive schedule is recomputed from the new keep (the paper evaluates
+        rho = 0.6, 0.5, 0.45 with one trained set of modules, i.e. [rho, rho - 0.2, rho - 0.4]); an
+        explicit schedule is shifted by the change of keep. The adapter config is updated, so a later
+        `save_pretrained` records the new keep.
+        """
+        adapter = adapter_name or self._single_active_adapter()
+        config: LVPruningConfig = self.peft_config[adapter]
+        if config.keep_schedule is not None:
+            config.keep_schedule = config.with_keep(keep)
+        config.keep = float(keep)
+        config.validate()
+        return config.resolve_schedule()
+
+    @contextlib.contextmanager
+    def masked_inference(self) -> Iterator[None]:
+        """Within the block, eval-mode decisions mask dropped tokens instead of removing them.
+
+        Same decisions, same outputs (up to float rounding), no speed-up: the reference that the
+        removal path is tested against.
+        """
+        previous, self._mode = self._mode, PruneMode.MASK
+        try:
+            yield
+        finally:
+            self._mode = previous
+
+    @contextlib.contextmanager
+    def use_scorers(self, scorers: list[Scorer]) -> Iterator[None]:
+        """Within the block, score with `scorers` (one per module) instead of the learned modules.
+
+        Used for training-free baselines at the same positions and budget: only the scorer differs.
+        """
+        adapter = self._single_active_adapter()
+        expected = len(self.peft_config[adapter].layers)
+        if len(scorers) != expected:
+            raise ValueError(f"use_scorers needs one scorer per module ({expected}), got {len(scorers)}.")
+        previous, self._scorer_override = self._scorer_override, list(scorers)
+        try:
+            yield
+        finally:
+            self._scorer_override = previous
+
+    # -- unloading and state dicts ----------------------------------------------------------------
+
+    def _check_merge_allowed(self) -> None:
+        raise ValueError(
+            "LVPruning cannot be merged into the base weights: it changes which tokens are computed, not "
+            "the weights. Use unload() to get the base model back."
+        )
+
+    def _unload_and_optionally_merge(self, merge: bool = True, **kwargs: Any) -> nn.Module:
+        if merge:
+            self._check_merge_allowed()
+        self._pruner.remove()
+        for layer in self._parts.layers:
+            if hasattr(layer, HOLDER_NAME):
+                delattr(layer, HOLDER_NAME)
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
+        return self.model
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """`...pruner.lvpruning_module.<adapter>.blocks.0.q_proj.weight` -> without `.<adapter>`."""
+        return re.sub(rf"\.{ADAPTER_ATTR}\.{re.escape(adapter_name)}\.", f".{ADAPTER_ATTR}.", key)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: LVPruningConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        check_state_dict_shapes(model.state_dict(), remapped)
+        return remapped
+
+
+def check_base_shape(config: LVPruningConfig, hidden_size: int, num_layers: int) -> None:
+    """Raise `ValueError` if the config was made for a language model of another shape."""
+    saved = (config.base_text_hidden_size, config.base_text_num_layers)
+    if saved[0] is None and saved[1] is None:
+        return
+    if saved != (hidden_size, num_layers):
+        raise ValueError(
+            f"This LVPruning adapter was made for a language model with hidden size {saved[0]} and "
+            f"{saved[1]} decoder layers, but the base model has hidden size {hidden_size} and {num_layers} "
+            "layers. Load it on the base model it was trained for (see base_model_name_or_path)."
+        )
+
+
+def check_state_dict_shapes(model_state: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> None:
+    """Raise `ValueError` naming both shapes if an adapter tensor does not fit the model."""
+    for key, tensor in loaded.items():
+        target = model_state.get(key)
+        if target is not None and tuple(target.shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"Adapter tensor {key!r} has shape {tuple(tensor.shape)} but the model expects "
+                f"{tuple(target.shape)}: the adapter was saved for a base model of another shape."
+            )
+
+
+def get_lvpruning_model(
+    model: nn.Module, config: LVPruningConfig | None = None, adapter_name: str = "default", **kwargs: Any
+) -> PeftModel:
+    """Wrap a LLaVA model with an LVPruning adapter; returns a `peft.PeftModel`.
+
+    Equivalent to `peft.get_peft_model(model, config)`, with a default `LVPruningConfig()`.
+
+    Raises:
+        TypeError: the model is not LLaVA-like (the message names what is missing).
+        ValueError: the config does not fit the model (e.g. a module past the model's depth).
+    """
+    config = config if config is not None else LVPruningConfig()
+    if not isinstance(config, LVPruningConfig):
+        raise TypeError(f"get_lvpruning_model needs an LVPruningConfig, got {type(config).__name__}.")
+    find_llava_parts(model)  # fail before PEFT touches the model
+    if config.base_model_name_or_path is None:
+        config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
+    return get_peft_model(model, config, adapter_name=adapter_name, **kwargs)
+
+
+def lvpruning_tuner(model: nn.Module) -> LVPruningModel:
+    """The `LVPruningModel` inside a `PeftModel` (or the tuner itself)."""
+    tuner = model.base_model if isinstance(model, PeftModel) else model
+    if not isinstance(tuner, LVPruningModel):
+        raise TypeError(f"Expected a model wrapped with an LVPruning adapter, got {type(model).__name__}.")
+    return tuner
+
+
+def _module_name(root: nn.Module, target: nn.Module) -> str:
+    for name, module in root.named_modules():
+        if module is target:
+            return name
+    return type(target).__name__

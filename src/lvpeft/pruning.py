@@ -1,0 +1,444 @@
+"""The one place that removes or masks tokens.
+
+`TokenPruner` installs forward (pre-)hooks on a LLaVA model and, on every forward, follows a
+`PruningPlan` (where the modules sit, how many tokens each keeps, who scores them):
+
+- the backbone pre-hook finds the vision tokens of the input and opens a `ForwardContext`;
+- the pre-hook of decoder layer `p_s` asks the plan's scorer for keep/drop logits and applies
+  the decision: in eval mode by **removal** (the kept tokens are gathered into a shorter,
+  left-padded sequence; their RoPE embeddings and position ids are gathered too, so every kept
+  token keeps its ORIGINAL position) or, as a reference, by **masking**; in training mode by the
+  paper's masked softmax with hard Gumbel-Softmax decisions (shapes unchanged);
+- the pre-hook of every later layer swaps in that stage's attention mask and positions (the
+  decoder computes them once for the full sequence and passes the same objects to every layer);
+- the language model's forward hook scatters the shortened output back to the input's length
+  (removed positions hold zeros), so outputs keep the shape of `input_ids`.
+
+During `generate()` the state needed by later steps (which original positions each pruned
+layer's KV cache holds) rides on the cache object itself, so a second `generate()` call, which
+gets a new cache, can reuse nothing stale. Decoding then only needs the attention mask of the
+pruned layers rebuilt over the kept positions; layer 0 is never pruned, so the cache's
+`get_seq_length()` (read from layer 0) and hence the decode positions stay right.
+
+Shapes: B batch, L slots, d hidden size, q new tokens at a decode step, K key slots.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+from .architecture import LlavaParts
+from .decisions import gumbel_keep, keep_counts, ratio_loss, select_top_k
+from .scorers import Scorer
+from .tokens import gather_slots, pack, scatter_slots
+
+STATE_ATTR = "_lvpruning_state"
+# Added to attention scores of a dropped vision token in training: log(D + eps) with D in {0, 1}.
+# Its gradient 1/(D + eps) times the (eps-sized) attention weight gives the paper's multiplicative
+# mask gradient exp(A_ij) / sum_k exp(A_ik) M_ik.
+MASK_EPS = 1e-6
+
+
+class PruneMode(str, Enum):
+    """How eval-mode decisions are applied."""
+
+    REMOVE = "remove"  # gather the kept tokens into a shorter sequence (the real speed-up)
+    MASK = "mask"  # keep shapes, mask dropped tokens out of attention (the reference)
+
+
+@dataclass
+class PruningPlan:
+    """What the active adapter asks for in this forward.
+
+    Attributes:
+        positions: decoder-layer index before which each module runs (strictly increasing, >= 1).
+        ratios: keep ratio after each module, relative to the original vision-token count.
+        scorers: one scorer per module.
+        mode: how eval-mode decisions are applied.
+        training: use hard Gumbel-Softmax decisions and the masked softmax (no removal).
+        temperature: Gumbel-Softmax temperature.
+    """
+
+    positions: list[int]
+    ratios: list[float]
+    scorers: list[Scorer]
+    mode: PruneMode = PruneMode.REMOVE
+    training: bool = False
+    temperature: float = 1.0
+
+    def stage_of(self, layer: int) -> int:
+        """Index of the last module at or before decoder layer `layer` (-1 if none)."""
+        stage = -1
+        for s, p in enumerate(self.positions):
+            if p <= layer:
+                stage = s
+        return stage
+
+
+@dataclass
+class StageKeys:
+    """The key slots that the layers of one stage attend to, and which the KV cache holds.
+
+    Attributes:
+        positions: (B, K) long original position of each key slot (-1 for padding slots).
+        valid: (B, K) bool, the slot is a real token that may be attended to.
+    """
+
+    positions: torch.Tensor
+    valid: torch.Tensor
+
+    def append(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        """Add the q new tokens of a decode step: positions, valid (B, q)."""
+        self.positions = torch.cat([self.positions, positions], dim=1)
+        self.valid = torch.cat([self.valid, valid], dim=1)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Follow a beam-search reordering of the batch."""
+        self.positions = self.positions.index_select(0, index.to(self.positions.device))
+        self.valid = self.valid.index_select(0, index.to(self.valid.device))
+
+
+@dataclass
+class CacheState:
+    """Pruning state carried by a KV cache between `generate()` steps."""
+
+    stages: list[StageKeys]
+    length: int  # number of original positions seen so far (prompt + generated)
+
+
+@dataclass
+class PruningStats:
+    """What the last forward decided, for trainers and logging.
+
+    Attributes:
+        ratio_loss: scalar, the keep-ratio loss of the last training forward (None in eval).
+        keep_ratios: per module, the realised fraction of original vision tokens kept
+            (mean over samples that have vision tokens).
+    """
+
+    ratio_loss: torch.Tensor | None = None
+    keep_ratios: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ForwardContext:
+    """Per-forward state: the current slots and what each pruning stage decided."""
+
+    plan: PruningPlan
+    input_length: int
+    num_vision: torch.Tensor  # (B,) original vision tokens per sample
+    positions: torch.Tensor  # (B, L) original position of each current slot, -1 for padding slots
+    valid: torch.Tensor  # (B, L) bool: slot holds a real token
+    is_vision: torch.Tensor  # (B, L) bool: slot holds a vision token (alive or, in masked modes, dropped)
+    alive: torch.Tensor  # (B, L) bool: slot holds a vision token that no module has dropped
+    vision_orig: torch.Tensor  # (B, L_in) bool: original vision slots of the input
+    cache: Any = None
+    decode: bool = False
+    new_valid: torch.Tensor | None = None  # decode: (B, q) validity of the new tokens
+    soft_keep: torch.Tensor | None = None  # training: (B, L) cumulative decisions D
+    decisions: list[torch.Tensor] = field(default_factory=list)
+    stage_keys: dict[int, StageKeys] = field(default_factory=dict)
+    stage_kwargs: dict[tuple[int, int | None], dict[str, Any]] = field(default_factory=dict)
+    removed: bool = False
+    keep_ratios: list[float] = field(default_factory=list)
+
+
+class TokenPruner:
+    """Drives pruning on a LLaVA model through hooks; knows nothing of PEFT.
+
+    Args:
+        parts: the model's backbone, decoder layers and image token (see `architecture.py`).
+        plan_provider: called at the start of every forward; returns the plan of the active
+            adapter, or None to run the base model untouched (adapter disabled).
+    """
+
+    def __init__(self, parts: LlavaParts, plan_provider: Callable[[], PruningPlan | None]) -> None:
+        self.parts = parts
+        self.plan_provider = plan_provider
+        self.stats = PruningStats()
+        self._ctx: ForwardContext | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    # -- installation -----------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Register the hooks (idempotent)."""
+        if self._handles:
+            return
+        self._handles.append(
+            self.parts.backbone.register_forward_pre_hook(self._on_backbone, with_kwargs=True)
+        )
+        for i, layer in enumerate(self.parts.layers):
+            self._handles.append(layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
+        self._handles.append(self.parts.language_model.register_forward_hook(self._on_language_model_output))
+
+    def remove(self) -> None:
+        """Remove every hook; the model is the base model again."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._ctx = None
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def _on_backbone(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._ctx = None
+        plan = self.plan_provider()
+        if plan is None:
+            return
+        vision = self._vision_mask(module, args, kwargs)
+        if vision is None:
+            return
+        cache = kwargs.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None else 0
+        state: CacheState | None = getattr(cache, STATE_ATTR, None) if cache is not None else None
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(
+                "LVPruning needs a 2D attention_mask (batch, sequence) of 1s and 0s; got a tensor of shape "
+                f"{tuple(attention_mask.shape)}. Pass the processor's attention_mask unchanged."
+            )
+        batch, length = vision.shape
+        device = vision.device
+        if past == 0:
+            if state is not None:
+                delattr(cache, STATE_ATTR)
+            if not bool(vision.any()):
+                return  # text only: exactly the base model
+            valid = (
+                attention_mask.bool() if attention_mask is not None else torch.ones_like(vision, dtype=torch.bool)
+            )
+            positions = torch.arange(length, device=device).expand(batch, length)
+            self._ctx = ForwardContext(
+                plan=plan,
+                input_length=length,
+                num_vision=vision.sum(dim=1),
+                positions=positions,
+                valid=valid,
+                is_vision=vision,
+                alive=vision & valid,
+                vision_orig=vision,
+                cache=cache,
+                soft_keep=vision.float() if plan.training else None,
+            )
+            return
+        if state is None:
+            if bool(vision.any()):
+                warnings.warn(
+                    "LVPruning: image tokens arrived after an unpruned prefill (the cache was filled with the "
+                    "adapter disabled); they are processed without pruning.",
+                    stacklevel=2,
+                )
+            return
+        if bool(vision.any()):
+            raise NotImplementedError(
+                "LVPruning prunes image tokens at prefill; this forward adds image tokens to a cache that "
+                "was already pruned. Start a new generate() call (a fresh cache) for a new image."
+            )
+        new_valid = (
+            attention_mask[:, -length:].bool()
+            if attention_mask is not None
+            else torch.ones(batch, length, dtype=torch.bool, device=device)
+        )
+        new_positions = state.length + torch.arange(length, device=device).expand(batch, length)
+        for keys in state.stages:
+            keys.append(new_positions, new_valid)
+        state.length += length
+        self._ctx = ForwardContext(
+            plan=plan,
+            input_length=length,
+            num_vision=vision.sum(dim=1),
+            positions=new_positions,
+            valid=new_valid,
+            is_vision=vision,
+            alive=vision,
+            vision_orig=vision,
+            cache=cache,
+            decode=True,
+            new_valid=new_valid,
+            stage_keys=dict(enumerate(state.stages)),
+        )
+
+    def _layer_hook(self, index: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            ctx = self._ctx
+            if ctx is None:
+                return None
+            stage = ctx.plan.stage_of(index)
+            if stage < 0:
+                return None
+            if args:
+                hidden, rest = args[0], args[1:]
+            else:
+                hidden, rest = kwargs.pop("hidden_states"), ()
+            if not ctx.decode and stage not in ctx.stage_keys:
+                hidden = self._apply_module(ctx, stage, hidden, kwargs)
+            kwargs.update(self._stage_kwargs(ctx, stage, index, kwargs, hidden.dtype))
+            return (hidden, *rest), kwargs
+
+        return hook
+
+    def _on_language_model_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        ctx, self._ctx = self._ctx, None
+        if ctx is None or ctx.decode:
+            return None
+        self.stats = PruningStats(
+            ratio_loss=ratio_loss(ctx.decisions, ctx.vision_orig, ctx.plan.ratios) if ctx.decisions else None,
+            keep_ratios=ctx.keep_ratios,
+        )
+        if ctx.cache is not None and ctx.stage_keys:
+            self._attach_state(ctx)
+        if not ctx.removed:
+            return None
+        hidden = output.last_hidden_state  # (B, L', d)
+        output.last_hidden_state = scatter_slots(
+            hidden, ctx.positions.clamp(min=0), ctx.valid, ctx.input_length
+        )
+        return output
+
+    # -- the decision at a module -----------------------------------------------------------------
+
+    def _apply_module(self, ctx: ForwardContext, stage: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        plan = ctx.plan
+        language = ctx.valid & ~ctx.is_vision
+        candidates = ctx.valid & ctx.alive
+        logits = plan.scorers[stage](hidden, candidates, language)  # (B, L, 2)
+        has_vision = ctx.num_vision > 0
+        if plan.training:
+            decision = gumbel_keep(logits, plan.temperature) * candidates  # (B, L) hard, straight-through
+            ctx.soft_keep = ctx.soft_keep * decision
+            ctx.decisions.append(ctx.soft_keep)
+            ctx.keep_ratios.append(_mean_ratio(ctx.soft_keep.detach().sum(1), ctx.num_vision, has_vision))
+            ctx.stage_keys[stage] = StageKeys(ctx.positions, ctx.valid)
+            return hidden
+        scores = logits[..., 0] - logits[..., 1]
+        kept = select_top_k(scores, candidates, keep_counts(ctx.num_vision, plan.ratios[stage]))  # (B, L)
+        ctx.keep_ratios.append(_mean_ratio(kept.sum(1), ctx.num_vision, has_vision))
+        if plan.mode is PruneMode.MASK:
+            ctx.alive = kept
+            ctx.stage_keys[stage] = StageKeys(ctx.positions, language | kept)
+            return hidden
+        index, valid = pack(language | kept)  # (B, L') left-padded
+        hidden = gather_slots(hidden, index)
+        ctx.positions = torch.where(valid, gather_slots(ctx.positions, index), -1)
+        ctx.is_vision = gather_slots(ctx.is_vision, index) & valid
+        ctx.alive = ctx.is_vision
+        ctx.valid = valid
+        ctx.removed = True
+        ctx.stage_keys[stage] = StageKeys(ctx.positions, valid)
+        return hidden
+
+    # -- per-stage layer arguments ----------------------------------------------------------------
+
+    def _stage_kwargs(
+        self, ctx: ForwardContext, stage: int, layer: int, kwargs: dict, dtype: torch.dtype
+    ) -> dict[str, Any]:
+        window = self.parts.sliding_windows[layer]
+        key = (stage, window)
+        if key in ctx.stage_kwargs:
+            return ctx.stage_kwargs[key]
+        keys = ctx.stage_keys[stage]
+        out: dict[str, Any] = {}
+        out["attention_mask"] = self._mask(ctx, keys, window, dtype)
+        if not ctx.decode and ctx.removed:
+            index = ctx.positions.clamp(min=0)
+            if kwargs.get("position_embeddings") is not None:
+                out["position_embeddings"] = tuple(gather_slots(t, index) for t in kwargs["position_embeddings"])
+            if kwargs.get("position_ids") is not None:
+                out["position_ids"] = gather_slots(kwargs["position_ids"], index)
+        ctx.stage_kwargs[key] = out
+        return out
+
+    def _mask(
+        self, ctx: ForwardContext, keys: StageKeys, window: int | None, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """The 4D attention mask (B, 1, Q, K) of a pruned stage, in the form the attention expects.
+
+        A query may attend to a key that is valid and not in its future (by ORIGINAL position), and
+        within the sliding window if the layer has one; at prefill every slot may also attend to
+        itself (the paper's M_ii = 1, which also keeps padding rows finite). Returns None when plain
+        causal attention over the key slots is already exact (nothing masked).
+        """
+        top = int(keys.positions.max())
+        if window is not None and top >= window:
+            raise NotImplementedError(
+                f"LVPruning does not support sliding-window attention over sequences longer than the window "
+                f"({window}); this input reaches position {top}."
+            )
+        impl = self.parts.attn_implementation
+        if ctx.soft_keep is None and window is None and bool(keys.valid.all()):
+            if ctx.decode and ctx.positions.shape[1] == 1:
+                return None  # one new token attends to every cached slot
+            if not ctx.decode and impl == "sdpa" and ctx.removed:
+                return None  # compacted, nothing padded: is_causal over slots == causal over positions
+        q = ctx.positions[:, :, None]  # (B, Q, 1)
+        k = keys.positions[:, None, :]  # (B, 1, K)
+        allowed = (k <= q) & keys.valid[:, None, :]
+        if window is not None:
+            allowed &= (q - k) < window
+        if not ctx.decode:  # query slots are the key slots
+            allowed |= torch.eye(allowed.shape[1], dtype=torch.bool, device=allowed.device)
+        allowed = allowed[:, None]  # (B, 1, Q, K)
+        if ctx.soft_keep is not None:
+            return self._soft_mask(allowed, ctx, dtype)
+        if impl == "sdpa":
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+
+    @staticmethod
+    def _soft_mask(allowed: torch.Tensor, ctx: ForwardContext, dtype: torch.dtype) -> torch.Tensor:
+        """Additive float mask with the differentiable decision term log(D_j + eps) for vision keys j != i."""
+        length = allowed.shape[-1]
+        column = torch.where(ctx.vision_orig, torch.log(ctx.soft_keep + MASK_EPS), 0.0)  # (B, L) float32
+        off_diagonal = 1.0 - torch.eye(length, device=allowed.device)
+        bias = column[:, None, None, :] * off_diagonal  # (B, 1, L, L)
+        base = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+        base = base.masked_fill(~allowed, torch.finfo(dtype).min)
+        return (base + bias).to(dtype)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _vision_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """(B, L) bool: which input positions are image placeholder tokens."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        image_token = self.parts.image_token_id
+        if input_ids is not None:
+            return input_ids == image_token
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            return None
+        table = module.get_input_embeddings()
+        marker = table(torch.tensor(image_token, device=embeds.device)).to(embeds.dtype)
+        return (embeds == marker).all(dim=-1)
+
+    def _attach_state(self, ctx: ForwardContext) -> None:
+        cache = ctx.cache
+        state = CacheState(stages=[ctx.stage_keys[s] for s in sorted(ctx.stage_keys)], length=ctx.input_length)
+        setattr(cache, STATE_ATTR, state)
+        if not getattr(cache, "_lvpruning_reorder_wrapped", False):
+            original = cache.reorder_cache
+
+            def reorder_cache(beam_idx: torch.Tensor) -> None:
+                original(beam_idx)
+                current = getattr(cache, STATE_ATTR, None)
+                if current is not None:
+                    for keys in current.stages:
+                        keys.reorder(beam_idx)
+
+            cache.reorder_cache = reorder_cache
+            cache._lvpruning_reorder_wrapped = True
+
+
+def _mean_ratio(kept: torch.Tensor, num_vision: torch.Tensor, has_vision: torch.Tensor) -> float:
+    if not bool(has_vision.any()):
+        return 1.0
+    return float((kept[has_vision].float() / num_vision[has_vision]).mean())

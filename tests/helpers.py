@@ -1,0 +1,91 @@
+"""Tiny LLaVA models and inputs built from configs, for tests (no Hub access)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config
+
+IMAGE_TOKEN = 120
+PAD = 0
+VOCAB = 128
+PATCHES = 16  # 32 px images, patch 8 -> 16 vision tokens per image
+
+
+def tiny_llava(
+    backbone: str = "llama", attn: str = "eager", layers: int = 4, seed: int = 0, dtype=torch.float32
+) -> LlavaForConditionalGeneration:
+    """A random tiny LLaVA: CLIP 1x32 on 32 px images (16 tokens/image), 4-layer 64-wide decoder."""
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    text_kwargs = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=512,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    if backbone == "llama":
+        text = LlamaConfig(**text_kwargs)
+    elif backbone == "qwen2":
+        text = Qwen2Config(**text_kwargs)
+    else:
+        raise ValueError(backbone)
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=IMAGE_TOKEN,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    config._attn_implementation = attn
+    model = LlavaForConditionalGeneration(config).to(dtype).eval()
+    model.config.text_config._attn_implementation = attn
+    model.config.vision_config._attn_implementation = attn
+    return model
+
+
+def prompt_ids(num_images: int, text_before: int, text_after: int, seed: int) -> list[int]:
+    """Token ids: some text, `num_images` blocks of image tokens, a question."""
+    g = torch.Generator().manual_seed(seed)
+    ids = [1] + torch.randint(3, 100, (text_before,), generator=g).tolist()
+    for _ in range(num_images):
+        ids += [IMAGE_TOKEN] * PATCHES + torch.randint(3, 100, (1,), generator=g).tolist()
+    ids += torch.randint(3, 100, (text_after,), generator=g).tolist()
+    return ids
+
+
+def batch(prompts: list[list[int]], seed: int = 0, side: str = "left") -> dict[str, torch.Tensor]:
+    """Pad prompts into a batch with pixel values for every image they contain."""
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), PAD, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if side == "left":
+            ids[i, length - len(p) :] = torch.tensor(p)
+            mask[i, length - len(p) :] = 1
+        else:
+            ids[i, : len(p)] = torch.tensor(p)
+            mask[i, : len(p)] = 1
+    n_images = int((ids == IMAGE_TOKEN).sum()) // PATCHES
+    out = {"input_ids": ids, "attention_mask": mask}
+    if n_images:
+        g = torch.Generator().manual_seed(seed + 1)
+        out["pixel_values"] = torch.randn(n_images, 3, 32, 32, generator=g)
+    return out
+
+
+def randomize_heads(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every decision module's zero-initialised head random weights, so scores are not all tied."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "lvpruning_module" in name and ".head." in name:
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g))
