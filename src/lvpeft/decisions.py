@@ -20,7 +20,7 @@ def keep_counts(num_vision: torch.Tensor, ratio: float) -> torch.Tensor:
     Returns:
         (B,) long. With n = 576: 0.5 -> 288, 0.3 -> 173, 0.1 -> 58, as in the paper.
     """
-    k = torch.floor(num_vision.double() * ratio + 0.5 - 1e-9).long()
+    k = torch.floor(num_vision.double() * ratio + 0.5 + 1e-9).long()
     return torch.where(num_vision > 0, k.clamp(min=1), torch.zeros_like(k))
 
 
