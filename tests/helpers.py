@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    Qwen2Config,
+)
 
 IMAGE_TOKEN = 120
 PAD = 0
@@ -17,7 +23,12 @@ def tiny_llava(
     """A random tiny LLaVA: CLIP 1x32 on 32 px images (16 tokens/image), 4-layer 64-wide decoder."""
     torch.manual_seed(seed)
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
     )
     text_kwargs = dict(
         hidden_size=64,
@@ -55,7 +66,7 @@ def tiny_llava(
 def prompt_ids(num_images: int, text_before: int, text_after: int, seed: int) -> list[int]:
     """Token ids: some text, `num_images` blocks of image tokens, a question."""
     g = torch.Generator().manual_seed(seed)
-    ids = [1] + torch.randint(3, 100, (text_before,), generator=g).tolist()
+    ids = [1, *torch.randint(3, 100, (text_before,), generator=g).tolist()]
     for _ in range(num_images):
         ids += [IMAGE_TOKEN] * PATCHES + torch.randint(3, 100, (1,), generator=g).tolist()
     ids += torch.randint(3, 100, (text_after,), generator=g).tolist()

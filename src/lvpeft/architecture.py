@@ -61,7 +61,8 @@ def find_llava_parts(model: nn.Module) -> LlavaParts:
     if backbone is None or not _is_backbone(backbone):
         missing = [a for a in ("vision_tower", "language_model") if not hasattr(backbone or model, a)]
         raise TypeError(
-            f"LVPruning needs a LLaVA-like model (e.g. transformers' LlavaForConditionalGeneration), but {name} "
+            "LVPruning needs a LLaVA-like model (e.g. transformers' LlavaForConditionalGeneration), but "
+            f"{name} "
             f"has no {' and no '.join(missing)} (looked on the model and on `model.model`). "
             "Load the multimodal model class, not its language model alone."
         )
@@ -84,7 +85,9 @@ def find_llava_parts(model: nn.Module) -> LlavaParts:
     text_config = language_model.config
     hidden_size = getattr(text_config, "hidden_size", None)
     if hidden_size is None:
-        raise TypeError(f"{type(text_config).__name__} has no `hidden_size`; cannot size the decision modules.")
+        raise TypeError(
+            f"{type(text_config).__name__} has no `hidden_size`; cannot size the decision modules."
+        )
     return LlavaParts(
         backbone=backbone,
         language_model=language_model,

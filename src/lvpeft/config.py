@@ -7,8 +7,11 @@ fails with the field, the value and the valid range before any weight is touched
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from peft import PeftConfig
 
@@ -84,29 +87,46 @@ class LVPruningConfig(PeftConfig):
     )
     gumbel_temperature: float = field(
         default=1.0,
-        metadata={"help": "Temperature of the hard Gumbel-Softmax used in training (not in the paper; "
-                  "DynamicViT, which LVPruning follows, uses 1)."},
+        metadata={
+            "help": "Temperature of the hard Gumbel-Softmax used in training (not in the paper; "
+            "DynamicViT, which LVPruning follows, uses 1)."
+        },
     )
     ratio_loss_weight: float = field(
         default=2.0,
-        metadata={"help": "Weight lambda_ratio of the keep-ratio loss (not in the paper; DynamicViT uses 2)."},
+        metadata={
+            "help": "Weight lambda_ratio of the keep-ratio loss (not in the paper; DynamicViT uses 2)."
+        },
     )
     lm_loss_weight: float = field(
         default=1.0, metadata={"help": "Weight lambda_lm of the language-modelling loss."}
     )
     base_text_hidden_size: int | None = field(
         default=None,
-        metadata={"help": "Hidden size of the base language model; recorded on injection and checked on load."},
+        metadata={
+            "help": "Hidden size of the base language model; recorded on injection and checked on load."
+        },
     )
     base_text_num_layers: int | None = field(
         default=None,
-        metadata={"help": "Decoder depth of the base language model; recorded on injection, checked on load."},
+        metadata={
+            "help": "Decoder depth of the base language model; recorded on injection, checked on load."
+        },
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PEFT_TYPE
         self.validate()
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Save `adapter_config.json`; when the folder holds a model card (as `PeftModel.save_pretrained`
+        and `push_to_hub` write one), turn it into the LVPruning card (see `lvpeft.card`)."""
+        super().save_pretrained(save_directory, **kwargs)
+        if os.path.exists(os.path.join(save_directory, "README.md")):
+            from .card import write_model_card
+
+            write_model_card(save_directory, self)
 
     # -- validation -------------------------------------------------------------------------------
 
@@ -130,7 +150,7 @@ class LVPruningConfig(PeftConfig):
             sched = self.keep_schedule
             if not all(0.0 < r <= 1.0 for r in sched):
                 _fail("keep_schedule", sched, "a list of ratios in (0, 1]")
-            if any(b > a for a, b in zip(sched, sched[1:])):
+            if any(b > a for a, b in itertools.pairwise(sched)):
                 _fail("keep_schedule", sched, "non-increasing (a dropped token stays dropped)")
             if self.layers is not None and len(sched) != len(self.layers):
                 _fail("keep_schedule", sched, f"one ratio per module ({len(self.layers)} layers given)")
@@ -211,7 +231,7 @@ class LVPruningConfig(PeftConfig):
         if not _is_number(keep) or not 0.0 < keep <= 1.0:
             _fail("keep", keep, "a number in (0, 1]")
         shift = keep - self.keep
-        return [min(1.0, max(keep, round(r + shift, 10))) for r in self.resolve_schedule()][:-1] + [keep]
+        return [*[min(1.0, max(keep, round(r + shift, 10))) for r in self.resolve_schedule()][:-1], keep]
 
 
 def _spread_fractions(num_modules: int) -> tuple[float, ...]:

@@ -65,7 +65,9 @@ class DecisionModule(nn.Module):
         ffn_mult: FFN expansion (paper: 2).
     """
 
-    def __init__(self, hidden_size: int, dim: int, heads: int = 8, blocks: int = 2, ffn_mult: int = 2) -> None:
+    def __init__(
+        self, hidden_size: int, dim: int, heads: int = 8, blocks: int = 2, ffn_mult: int = 2
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             CrossAttentionBlock(hidden_size if i == 0 else dim, hidden_size, dim, heads, ffn_mult)

@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .config import LVPruningConfig
-from .model import lvpruning_tuner
+from .model import LVPruningPeftModel, lvpruning_tuner
 from .registration import PEFT_TYPE
 
 CONFIG_NAME = "adapter_config.json"
@@ -30,9 +30,11 @@ def resolve_adapter_file(adapter_id: str, filename: str, **hub_kwargs: Any) -> s
     if os.path.isdir(adapter_id):
         path = os.path.join(adapter_id, filename)
         return path if os.path.isfile(path) else None
+    if adapter_id.startswith((".", "~")) or os.path.isabs(adapter_id) or adapter_id.count("/") > 1:
+        raise FileNotFoundError(f"No adapter folder {adapter_id!r} (and it is not a Hub repo id).")
     try:
         return hf_hub_download(adapter_id, filename, **hub_kwargs)
-    except Exception as error:  # noqa: BLE001 (the hub raises many kinds; a missing file is None)
+    except Exception as error:
         if "404" in str(error) or "EntryNotFound" in type(error).__name__:
             return None
         raise
@@ -135,7 +137,7 @@ def from_pretrained(
         base_model = AutoModelForImageTextToText.from_pretrained(
             config.base_model_name_or_path, use_safetensors=True, **hub_kwargs, **base_kwargs
         )
-    model = PeftModel.from_pretrained(
+    model = LVPruningPeftModel.from_pretrained(
         base_model, adapter_id, adapter_name=adapter_name, is_trainable=is_trainable, **hub_kwargs
     )
     if keep is not None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import re
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
@@ -60,6 +61,7 @@ class LVPruningModel(BaseTuner):
         config.validate()  # the resolved layers must agree with an explicit schedule's length
         config.base_text_hidden_size = parts.hidden_size
         config.base_text_num_layers = parts.num_layers
+        config._base_model_config = getattr(model, "config", None)  # for the model card; not serialised
         dim = config.pruner_dim or parts.hidden_size
         if dim % config.pruner_heads:
             raise ValueError(
@@ -104,7 +106,9 @@ class LVPruningModel(BaseTuner):
 
     def _check_new_adapter_config(self, config: LVPruningConfig) -> None:
         if not isinstance(config, LVPruningConfig):
-            raise TypeError(f"LVPruningModel only takes LVPruningConfig adapters, got {type(config).__name__}.")
+            raise TypeError(
+                f"LVPruningModel only takes LVPruningConfig adapters, got {type(config).__name__}."
+            )
 
     # -- what a forward does ----------------------------------------------------------------------
 
@@ -239,13 +243,57 @@ def check_base_shape(config: LVPruningConfig, hidden_size: int, num_layers: int)
 
 
 def check_state_dict_shapes(model_state: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> None:
-    """Raise `ValueError` naming both shapes if an adapter tensor does not fit the model."""
-    for key, tensor in loaded.items():
-        target = model_state.get(key)
-        if target is not None and tuple(target.shape) != tuple(tensor.shape):
-            raise ValueError(
-                f"Adapter tensor {key!r} has shape {tuple(tensor.shape)} but the model expects "
-                f"{tuple(target.shape)}: the adapter was saved for a base model of another shape."
+    """Raise `ValueError` naming both shapes if adapter tensors do not fit the model."""
+    wrong = [
+        f"{key!r} has shape {tuple(tensor.shape)} but the model expects {tuple(model_state[key].shape)}"
+        for key, tensor in sorted(loaded.items())
+        if key in model_state and tuple(model_state[key].shape) != tuple(tensor.shape)
+    ]
+    if wrong:
+        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise ValueError(
+            "The adapter does not fit this model: the adapter was saved for a base model or module width of "
+            f"another shape. Adapter tensor {'; '.join(wrong[:3])}{more}."
+        )
+
+
+class LVPruningPeftModel(PeftModel):
+    """The `PeftModel` that `get_lvpruning_model` and `lvpeft.from_pretrained` return.
+
+    Identical to `peft.PeftModel` except that `push_to_hub` uploads exactly what `save_pretrained`
+    writes (adapter config, safetensors and the LVPruning model card); transformers' mixin would
+    replace the card with the one already on the Hub.
+    """
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        tags: list[str] | None = None,
+        **save_kwargs: Any,
+    ) -> Any:
+        """Save the adapter to a temporary folder and upload it to `repo_id` in one commit."""
+        from huggingface_hub import HfApi, ModelCard
+
+        api = HfApi(token=token if isinstance(token, str) else None)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, **save_kwargs)
+            if tags:
+                card = ModelCard.load(f"{folder}/README.md")
+                card.data.tags = sorted(set(card.data.tags or []) | set(tags))
+                card.save(f"{folder}/README.md")
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                commit_message=commit_message or "Upload LVPruning adapter",
+                revision=revision,
+                create_pr=create_pr,
             )
 
 
@@ -254,7 +302,9 @@ def get_lvpruning_model(
 ) -> PeftModel:
     """Wrap a LLaVA model with an LVPruning adapter; returns a `peft.PeftModel`.
 
-    Equivalent to `peft.get_peft_model(model, config)`, with a default `LVPruningConfig()`.
+    Like `peft.get_peft_model(model, config)` (which also works after `import lvpeft`), with a default
+    `LVPruningConfig()`, an early check that the model is LLaVA-like, and a `push_to_hub` that keeps
+    the LVPruning model card.
 
     Raises:
         TypeError: the model is not LLaVA-like (the message names what is missing).
@@ -266,7 +316,7 @@ def get_lvpruning_model(
     find_llava_parts(model)  # fail before PEFT touches the model
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
-    return get_peft_model(model, config, adapter_name=adapter_name, **kwargs)
+    return LVPruningPeftModel(model, config, adapter_name=adapter_name, **kwargs)
 
 
 def lvpruning_tuner(model: nn.Module) -> LVPruningModel:

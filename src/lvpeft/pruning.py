@@ -213,7 +213,9 @@ class TokenPruner:
             if not bool(vision.any()):
                 return  # text only: exactly the base model
             valid = (
-                attention_mask.bool() if attention_mask is not None else torch.ones_like(vision, dtype=torch.bool)
+                attention_mask.bool()
+                if attention_mask is not None
+                else torch.ones_like(vision, dtype=torch.bool)
             )
             positions = torch.arange(length, device=device).expand(batch, length)
             self._ctx = ForwardContext(
@@ -232,8 +234,8 @@ class TokenPruner:
         if state is None:
             if bool(vision.any()):
                 warnings.warn(
-                    "LVPruning: image tokens arrived after an unpruned prefill (the cache was filled with the "
-                    "adapter disabled); they are processed without pruning.",
+                    "LVPruning: image tokens arrived after an unpruned prefill (the cache was filled with "
+                    "the adapter disabled); they are processed without pruning.",
                     stacklevel=2,
                 )
             return
@@ -305,7 +307,9 @@ class TokenPruner:
 
     # -- the decision at a module -----------------------------------------------------------------
 
-    def _apply_module(self, ctx: ForwardContext, stage: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    def _apply_module(
+        self, ctx: ForwardContext, stage: int, hidden: torch.Tensor, kwargs: dict
+    ) -> torch.Tensor:
         plan = ctx.plan
         language = ctx.valid & ~ctx.is_vision
         candidates = ctx.valid & ctx.alive
@@ -350,7 +354,9 @@ class TokenPruner:
         if not ctx.decode and ctx.removed:
             index = ctx.positions.clamp(min=0)
             if kwargs.get("position_embeddings") is not None:
-                out["position_embeddings"] = tuple(gather_slots(t, index) for t in kwargs["position_embeddings"])
+                out["position_embeddings"] = tuple(
+                    gather_slots(t, index) for t in kwargs["position_embeddings"]
+                )
             if kwargs.get("position_ids") is not None:
                 out["position_ids"] = gather_slots(kwargs["position_ids"], index)
         ctx.stage_kwargs[key] = out
@@ -422,7 +428,9 @@ class TokenPruner:
 
     def _attach_state(self, ctx: ForwardContext) -> None:
         cache = ctx.cache
-        state = CacheState(stages=[ctx.stage_keys[s] for s in sorted(ctx.stage_keys)], length=ctx.input_length)
+        state = CacheState(
+            stages=[ctx.stage_keys[s] for s in sorted(ctx.stage_keys)], length=ctx.input_length
+        )
         setattr(cache, STATE_ATTR, state)
         if not getattr(cache, "_lvpruning_reorder_wrapped", False):
             original = cache.reorder_cache

@@ -45,4 +45,6 @@ def register() -> None:
 
     if PEFT_TYPE in PEFT_TYPE_TO_TUNER_MAPPING:
         return
-    register_peft_method(name=METHOD_NAME, config_cls=LVPruningConfig, model_cls=LVPruningModel, prefix=PREFIX)
+    register_peft_method(
+        name=METHOD_NAME, config_cls=LVPruningConfig, model_cls=LVPruningModel, prefix=PREFIX
+    )

@@ -40,8 +40,10 @@ def gather_slots(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, expanded)
 
 
-def scatter_slots(values: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, length: int) -> torch.Tensor:
-    """Inverse of `gather_slots` for valid slots: values (B, K, *rest) -> (B, length, *rest), zeros elsewhere."""
+def scatter_slots(
+    values: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, length: int
+) -> torch.Tensor:
+    """Inverse of `gather_slots` on valid slots: (B, K, *rest) -> (B, length, *rest), zeros elsewhere."""
     out = values.new_zeros(values.shape[0], length, *values.shape[2:])
     values = values * valid.view(*valid.shape, *([1] * (values.dim() - 2))).to(values.dtype)
     # padding columns point at slot 0; add (not copy) so they contribute zeros instead of overwriting

@@ -1,0 +1,122 @@
+"""The Hub model card of an LVPruning adapter, rendered from `hub_cards/adapter_card.md`.
+
+`PeftModel.save_pretrained` (and so `push_to_hub`) writes PEFT's generic card first and the adapter
+config afterwards; `LVPruningConfig.save_pretrained` then calls `write_model_card`, which keeps the
+card's YAML metadata (PEFT's `library_name`, `base_model`, ...), adds LVPruning's tags, and replaces
+the body when it is PEFT's empty template or an earlier lvpeft card. A body someone wrote by hand is
+kept; only the metadata is updated.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import ModelCard
+
+if TYPE_CHECKING:
+    from .config import LVPruningConfig
+
+MARKER = "<!-- lvpeft-card"
+PEFT_TEMPLATE_MARKER = "# Model Card for Model ID"
+TAGS = ("lvpruning", "token-pruning", "llava", "peft", "image-text-to-text")
+
+
+def render_card_body(config: LVPruningConfig, adapter_id: str | None = None) -> str:
+    """The markdown body of the card for `config` (no YAML header)."""
+    template = resources.files("lvpeft").joinpath("hub_cards/adapter_card.md").read_text(encoding="utf-8")
+    schedule = config.resolve_schedule()
+    layers = config.layers or ["(scaled to the model's depth)"] * len(schedule)
+    rows = "\n".join(f"| {i + 1} | {p} | {r:g} |" for i, (p, r) in enumerate(zip(layers, schedule)))
+    dim = config.pruner_dim or config.base_text_hidden_size or "d"
+    base = config.base_model_name_or_path or "<base model>"
+    values: dict[str, Any] = {
+        "base_model": base,
+        "adapter_id": adapter_id or "<adapter repo or folder>",
+        "schedule_rows": rows,
+        "keep": f"{config.keep:g}",
+        "flops_section": _flops_section(config),
+        "num_parameters": _parameter_count(config),
+        "blocks": config.pruner_blocks,
+        "heads": config.pruner_heads,
+        "dim": dim,
+        "ffn_mult": config.pruner_ffn_mult,
+        "temperature": f"{config.gumbel_temperature:g}",
+        "ratio_loss_weight": f"{config.ratio_loss_weight:g}",
+    }
+    return template.format(**values)
+
+
+def write_model_card(save_directory: str, config: LVPruningConfig) -> None:
+    """Create or update `save_directory/README.md` for an LVPruning adapter (see module docstring)."""
+    path = os.path.join(save_directory, "README.md")
+    card = ModelCard.load(path) if os.path.exists(path) else ModelCard("---\n---\n")
+    data = card.data
+    data.library_name = data.library_name or "peft"
+    data.tags = sorted(set(data.tags or []) | set(TAGS))
+    data.pipeline_tag = "image-text-to-text"
+    if config.base_model_name_or_path:
+        data.base_model = config.base_model_name_or_path
+    elif not data.get("base_model"):
+        data.pop("base_model", None)
+    data.tags = [t for t in data.tags if not t.endswith(":")]  # PEFT's tag for an unnamed base
+    text = card.text.strip()
+    if not text or MARKER in text or PEFT_TEMPLATE_MARKER in text:
+        adapter_id = os.path.basename(os.path.normpath(save_directory))
+        card.text = render_card_body(config, adapter_id=adapter_id)
+    card.save(path)
+
+
+def _flops_section(config: LVPruningConfig) -> str:
+    model_config = getattr(config, "_base_model_config", None)
+    if model_config is None:
+        return "Not computed: the adapter was saved without its base model's config at hand."
+    from .flops import estimate_flops
+
+    try:
+        report = estimate_flops(
+            model_config,
+            text_tokens=30,
+            layers=config.layers,
+            schedule=config.resolve_schedule(),
+            pruner_dim=config.pruner_dim,
+            pruner_heads=config.pruner_heads,
+            pruner_blocks=config.pruner_blocks,
+            pruner_ffn_mult=config.pruner_ffn_mult,
+        )
+    except (ValueError, TypeError, AttributeError) as error:
+        return f"Not computed for this base model ({error})."
+    change = (
+        f"{100 * report.flops_reduction:.1f} % fewer FLOPs"
+        if report.flops_reduction >= 0
+        else f"{-100 * report.flops_reduction:.1f} % more FLOPs (the modules outweigh the saving)"
+    )
+    return (
+        "Analytic prefill FLOPs for one image and 30 text tokens (`lvpeft flops`): "
+        f"base {_format_flops(report.base_tflops)}, pruned {_format_flops(report.pruned_tflops)} "
+        f"(of which the decision modules {_format_flops(report.pruner_tflops)}): {change}."
+    )
+
+
+def _format_flops(tflops: float) -> str:
+    for unit, scale in (("TFLOPs", 1.0), ("GFLOPs", 1e-3), ("MFLOPs", 1e-6)):
+        if tflops >= scale:
+            return f"{tflops / scale:.3g} {unit}"
+    return f"{tflops * 1e9:.3g} kFLOPs"
+
+
+def _parameter_count(config: LVPruningConfig) -> str:
+    if config.base_text_hidden_size is None:
+        return "see adapter_model.safetensors for the"
+    import torch
+
+    from .layer import DecisionModule
+
+    d = config.base_text_hidden_size
+    with torch.device("meta"):
+        module = DecisionModule(
+            d, config.pruner_dim or d, config.pruner_heads, config.pruner_blocks, config.pruner_ffn_mult
+        )
+    per_module = sum(p.numel() for p in module.parameters())
+    return f"{per_module * config.num_modules:,}"
