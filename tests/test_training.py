@@ -35,6 +35,27 @@ def test_lm_loss_gradient_reaches_decision_logits_through_the_mask(attn: str) ->
     assert frozen and all(p.grad is None for p in frozen)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for checkpointing in (False, True):
+        model = get_lvpruning_model(tiny_llava(), LVPruningConfig(keep=0.25)).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(3)
+        model(**labelled(PROMPTS)).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_reentrant_checkpointing_is_refused() -> None:
+    model = get_lvpruning_model(tiny_llava(), LVPruningConfig(keep=0.25)).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="use_reentrant': False"):
+        model(**labelled(PROMPTS))
+
+
 def test_ratio_loss_is_exposed_and_differentiable() -> None:
     model = get_lvpruning_model(tiny_llava(), LVPruningConfig(keep=0.25)).train()
     model(**labelled(PROMPTS))

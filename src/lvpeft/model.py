@@ -120,6 +120,8 @@ class LVPruningModel(BaseTuner):
         if adapter is None:
             return None
         config: LVPruningConfig = self.peft_config[adapter]
+        if self.model.training:
+            self._check_checkpointing()
         scorers: list[Scorer] = self._scorer_override or [
             LearnedScorer(getattr(self._parts.layers[p], HOLDER_NAME).lvpruning_module[adapter])
             for p in config.layers
@@ -132,6 +134,19 @@ class LVPruningModel(BaseTuner):
             training=self.model.training,
             temperature=config.gumbel_temperature,
         )
+
+    def _check_checkpointing(self) -> None:
+        """Reentrant checkpointing runs the layer (and our hook) under no_grad: the decisions would get
+        no gradient, silently. Non-reentrant checkpointing (transformers' default) is fine."""
+        for layer in self._parts.layers:
+            func = getattr(layer, "_gradient_checkpointing_func", None)
+            if getattr(layer, "gradient_checkpointing", False) and getattr(func, "keywords", {}).get(
+                "use_reentrant", False
+            ):
+                raise ValueError(
+                    "LVPruning training needs non-reentrant gradient checkpointing (the decisions get no "
+                    "gradient otherwise): use gradient_checkpointing_kwargs={'use_reentrant': False}."
+                )
 
     def _single_active_adapter(self) -> str | None:
         active = self.active_adapters
