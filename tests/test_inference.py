@@ -214,3 +214,32 @@ def test_use_cache_false_matches_cached_generation() -> None:
         cached = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         uncached = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+def test_inputs_embeds_are_pruned_like_input_ids() -> None:
+    inputs = batch(PROMPTS)
+    model = pruned_model()
+    embeds = model.get_base_model().get_input_embeddings()(inputs["input_ids"])
+    with torch.no_grad():
+        from_ids = model(**inputs).logits
+        from_embeds = model(
+            inputs_embeds=embeds, attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
+        ).logits
+    assert lvpruning_tuner(model).pruning_stats.keep_ratios[-1] == pytest.approx(0.25)
+    torch.testing.assert_close(from_embeds[:, -1], from_ids[:, -1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_runs_and_matches_masked_reference(dtype: torch.dtype) -> None:
+    inputs = batch(PROMPTS)
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    model = get_lvpruning_model(tiny_llava(dtype=dtype), LVPruningConfig(keep=0.25)).eval()
+    randomize_heads(model)
+    tuner = lvpruning_tuner(model)
+    with torch.no_grad():
+        removed = model(**inputs).logits
+        with tuner.masked_inference():
+            masked = model(**inputs).logits
+        tokens = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert torch.isfinite(removed[:, -1]).all() and tokens.shape[1] == inputs["input_ids"].shape[1] + 3
+    torch.testing.assert_close(removed[:, -1].float(), masked[:, -1].float(), atol=2e-2, rtol=0)
