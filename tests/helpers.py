@@ -100,3 +100,33 @@ def randomize_heads(model: torch.nn.Module, seed: int = 0) -> None:
         if "lvpruning_module" in name and ".head." in name:
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=g))
+
+
+def tiny_processor():
+    """A LlavaProcessor matching `tiny_llava`: word-level tokens w4..w119, <image> = 120, 32 px images."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+
+    vocab = {"<pad>": PAD, "<s>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({f"w{i}": i for i in range(4, IMAGE_TOKEN)})
+    vocab.update({"<image>": IMAGE_TOKEN, "USER:": 121, "ASSISTANT:": 122})
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.add_special_tokens(
+        [AddedToken(t, special=True) for t in ("<pad>", "<s>", "</s>", "<unk>", "<image>")]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.padding_side = "left"
+    images = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_convert_rgb=True
+    )
+    return LlavaProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
+    )

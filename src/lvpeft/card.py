@@ -48,8 +48,14 @@ def render_card_body(config: LVPruningConfig, adapter_id: str | None = None) -> 
     return template.format(**values)
 
 
-def write_model_card(save_directory: str, config: LVPruningConfig) -> None:
-    """Create or update `save_directory/README.md` for an LVPruning adapter (see module docstring)."""
+def write_model_card(
+    save_directory: str, config: LVPruningConfig, *, training_args: Any = None, force: bool = False
+) -> None:
+    """Create or update `save_directory/README.md` for an LVPruning adapter (see module docstring).
+
+    `training_args` (a `TrainingArguments`) adds the run's hyper-parameters; `force` replaces any body
+    (the trainer uses it over the generic card it writes first).
+    """
     path = os.path.join(save_directory, "README.md")
     card = ModelCard.load(path) if os.path.exists(path) else ModelCard("---\n---\n")
     data = card.data
@@ -62,9 +68,9 @@ def write_model_card(save_directory: str, config: LVPruningConfig) -> None:
         data.pop("base_model", None)
     data.tags = [t for t in data.tags if not t.endswith(":")]  # PEFT's tag for an unnamed base
     text = card.text.strip()
-    if not text or MARKER in text or PEFT_TEMPLATE_MARKER in text:
+    if force or not text or MARKER in text or PEFT_TEMPLATE_MARKER in text:
         adapter_id = os.path.basename(os.path.normpath(save_directory))
-        card.text = render_card_body(config, adapter_id=adapter_id)
+        card.text = render_card_body(config, adapter_id=adapter_id) + _training_section(training_args)
     card.save(path)
 
 
@@ -104,6 +110,28 @@ def _format_flops(tflops: float) -> str:
         if tflops >= scale:
             return f"{tflops / scale:.3g} {unit}"
     return f"{tflops * 1e9:.3g} kFLOPs"
+
+
+def _training_section(args: Any) -> str:
+    if args is None:
+        return ""
+    fields = (
+        "learning_rate",
+        "num_train_epochs",
+        "max_steps",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "warmup_steps",
+        "lr_scheduler_type",
+        "weight_decay",
+        "max_grad_norm",
+        "seed",
+    )
+    rows = "\n".join(f"| {name} | {getattr(args, name, None)} |" for name in fields if hasattr(args, name))
+    return (
+        "\n## Training\n\nTrained with `lvpeft.LVPruningTrainer` (TRL's SFTTrainer, base model frozen).\n\n"
+        f"| setting | value |\n|---|---|\n{rows}\n"
+    )
 
 
 def _parameter_count(config: LVPruningConfig) -> str:

@@ -101,6 +101,13 @@ class LVPruningConfig(PeftConfig):
     lm_loss_weight: float = field(
         default=1.0, metadata={"help": "Weight lambda_lm of the language-modelling loss."}
     )
+    distill_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an optional distillation term, KL(unpruned || pruned) of the next-token "
+            "distributions on the trained positions (not in the paper); 0 turns it off."
+        },
+    )
     base_text_hidden_size: int | None = field(
         default=None,
         metadata={
@@ -169,7 +176,7 @@ class LVPruningConfig(PeftConfig):
             _fail("pruner_ffn_mult", self.pruner_ffn_mult, "an integer >= 1")
         if not _is_number(self.gumbel_temperature) or self.gumbel_temperature <= 0:
             _fail("gumbel_temperature", self.gumbel_temperature, "a number > 0")
-        for name in ("ratio_loss_weight", "lm_loss_weight"):
+        for name in ("ratio_loss_weight", "lm_loss_weight", "distill_weight"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
                 _fail(name, value, "a number >= 0")

@@ -1,0 +1,139 @@
+"""LVPruningTrainer: TRL's SFTTrainer with the LM + ratio (+ distillation) loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from helpers import tiny_llava, tiny_processor
+from PIL import Image
+from trl import SFTConfig
+
+import lvpeft
+import lvpeft.pruning
+from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
+from lvpeft.trainer import LVPruningTrainer
+
+
+def toy_dataset(n: int = 16, seed: int = 0) -> Dataset:
+    """Prompt/completion rows with one 32 px image each (16 vision tokens)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        image = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+        question = " ".join(f"w{rng.integers(4, 100)}" for _ in range(3))
+        rows.append(
+            {
+                "prompt": f"USER: <image> {question} ASSISTANT:",
+                "completion": f" w{rng.integers(4, 100)} </s>",
+                "images": [image],
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def make_trainer(tmp_path: Path, config: LVPruningConfig | None = None, **args) -> LVPruningTrainer:
+    model = get_lvpruning_model(tiny_llava(), config or LVPruningConfig(keep=0.25))
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        report_to=[],
+        learning_rate=1e-3,
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+    )
+    defaults.update(args)
+    return LVPruningTrainer(
+        model=model,
+        args=SFTConfig(**defaults),
+        train_dataset=toy_dataset(),
+        processing_class=tiny_processor(),
+    )
+
+
+def test_steps_change_only_the_adapter_and_log_both_losses(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".pruner.lvpruning_module." in n for n in changed)
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        assert np.isfinite(entry["lm_loss"]) and np.isfinite(entry["ratio_loss"]) and entry["ratio_loss"] > 0
+        assert {"keep_ratio/1", "keep_ratio/2", "keep_ratio/3"} <= entry.keys()
+        assert entry["loss"] == pytest.approx(entry["lm_loss"] + 2.0 * entry["ratio_loss"], rel=1e-4)
+
+
+def test_ratio_loss_drives_keep_ratio_to_the_schedule(tmp_path: Path) -> None:
+    config = LVPruningConfig(keep=0.25, lm_loss_weight=0.0, ratio_loss_weight=1.0, pruner_dim=16)
+    trainer = make_trainer(tmp_path, config, max_steps=40, learning_rate=3e-2, lr_scheduler_type="constant")
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "keep_ratio/3" in entry]
+    first = [logs[0][f"keep_ratio/{i}"] for i in (1, 2, 3)]
+    last = np.mean([[entry[f"keep_ratio/{i}"] for i in (1, 2, 3)] for entry in logs[-5:]], axis=0)
+    target = np.array([0.65, 0.45, 0.25])
+    assert np.abs(last - target).max() < 0.08, (first, last)
+    assert np.abs(last - target).sum() < np.abs(np.array(first) - target).sum()
+
+
+def test_gradient_accumulation_equals_the_large_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # noise-free straight-through decisions, so both runs decide the same
+    def deterministic(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        soft = torch.softmax(logits.float() / temperature, dim=-1)[..., 0]
+        return (soft > 0.5).float() - soft.detach() + soft
+
+    monkeypatch.setattr(lvpeft.pruning, "gumbel_keep", deterministic)
+    results = []
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        trainer = make_trainer(
+            tmp_path / str(batch_size),
+            max_steps=1,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            learning_rate=1e-2,
+            max_grad_norm=1e9,
+            optim="sgd",
+        )
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        trainer.train()
+        results.append(
+            {n: p.detach() - before[n] for n, p in trainer.model.named_parameters() if p.requires_grad}
+        )
+    for name, update in results[0].items():
+        # float noise from the different batch shapes is ~1e-3 relative; a mis-scaled term would be >= 30 %
+        error = (results[1][name] - update).norm() / update.norm().clamp(min=1e-12)
+        assert error < 1e-2, (name, error.item())
+
+
+def test_distillation_term_is_logged_and_trains(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, LVPruningConfig(keep=0.25, distill_weight=1.0), max_steps=1)
+    trainer.train()
+    entry = next(e for e in trainer.state.log_history if "loss" in e)
+    assert entry["distill_loss"] > 0
+    assert entry["loss"] == pytest.approx(
+        entry["lm_loss"] + 2.0 * entry["ratio_loss"] + entry["distill_loss"], rel=1e-4
+    )
+
+
+def test_trainer_saves_the_adapter_with_the_lvpruning_card(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, max_steps=1)
+    trainer.train()
+    trainer.save_model()
+    trainer.create_model_card()
+    out = Path(trainer.args.output_dir)
+    assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
+    card = (out / "README.md").read_text()
+    assert "- lvpruning" in card and "| 3 | 3 | 0.25 |" in card and "learning_rate | 0.001" in card
+    reloaded = lvpeft.from_pretrained(str(out), base_model=tiny_llava())
+    assert lvpruning_tuner(reloaded).peft_config["default"].keep == 0.25
