@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from helpers import tiny_llava, tiny_processor
 from PIL import Image
 from trl import SFTConfig
 
 import lvpeft
 import lvpeft.pruning
+from helpers import tiny_llava, tiny_processor
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
 from lvpeft.trainer import LVPruningTrainer
 
