@@ -102,10 +102,13 @@ def randomize_heads(model: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g))
 
 
-def tiny_processor():
-    """A LlavaProcessor matching `tiny_llava`: word-level tokens w4..w119, <image> = 120, 32 px images."""
+def tiny_processor(chat_template: str | None = None):
+    """A LlavaProcessor matching `tiny_llava`: word-level tokens w4..w119, <image> = 120, 32 px images,
+    and lvpeft's LLaVA-1.5 training chat template (answers marked for `assistant_only_loss`)."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+
+    from lvpeft.data.llava_format import LLAVA_TRAINING_CHAT_TEMPLATE
 
     vocab = {"<pad>": PAD, "<s>": 1, "</s>": 2, "<unk>": 3}
     vocab.update({f"w{i}": i for i in range(4, IMAGE_TOKEN)})
@@ -116,12 +119,15 @@ def tiny_processor():
         [AddedToken(t, special=True) for t in ("<pad>", "<s>", "</s>", "<unk>", "<image>")]
     )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
     )
     tokenizer.padding_side = "left"
-    images = CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_convert_rgb=True
-    )
+    images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return LlavaProcessor(
         image_processor=images,
         tokenizer=tokenizer,
@@ -129,4 +135,44 @@ def tiny_processor():
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         image_token="<image>",
+        chat_template=chat_template or LLAVA_TRAINING_CHAT_TEMPLATE,
     )
+
+
+def write_tiny_model_dir(path) -> str:
+    """Save a random tiny LLaVA (Llama decoder) and its processor to `path`, like a Hub checkpoint."""
+    tiny_llava().save_pretrained(path, safe_serialization=True)
+    tiny_processor().save_pretrained(path)
+    return str(path)
+
+
+def write_llava_json(folder, n: int = 12, seed: int = 0) -> tuple[str, str]:
+    """A LLaVA-format JSON file of `n` single-image rows with one-word answers; returns (json, image dir)."""
+    import json
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = os.path.join(folder, "images")
+    os.makedirs(images, exist_ok=True)
+    rows = []
+    for i in range(n):
+        name = f"{i:03d}.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(os.path.join(images, name))
+        question = " ".join(f"w{rng.integers(4, 100)}" for _ in range(3))
+        rows.append(
+            {
+                "id": f"row{i}",
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{question}"},
+                    {"from": "gpt", "value": f"w{rng.integers(4, 100)}"},
+                ],
+            }
+        )
+    path = os.path.join(folder, "data.json")
+    with open(path, "w") as handle:
+        json.dump(rows, handle)
+    return path, images

@@ -77,3 +77,8 @@ def test_saved_config_is_validated_on_load(tmp_path) -> None:
     path.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match=r"LVPruningConfig\.keep must be a number in \(0, 1\], got 3\.0"):
         PeftConfig.from_pretrained(tmp_path)
+    raw["keep"] = 0.2
+    raw["keep_ratio"] = 0.5  # a typo'd field must not be silently dropped
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"unknown fields \['keep_ratio'\]"):
+        PeftConfig.from_pretrained(tmp_path)

@@ -64,16 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_flops_command(subparsers)
     add_inspect_command(subparsers)
+    subparsers.add_parser(
+        "train",
+        help="train an LVPruning adapter on LLaVA-format data (`lvpeft train --help` for every option)",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lvpeft` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # its own HfArgumentParser takes every SFTConfig option
+        from .train_command import train_command
+
+        command, run = "train", lambda: train_command(argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+        command, run = args.command, lambda: args.func(args)
     try:
-        return int(args.func(args) or 0)
+        return int(run() or 0)
     except (ValueError, FileNotFoundError, TypeError) as error:
-        print(f"lvpeft {args.command}: error: {error}", file=sys.stderr)
+        print(f"lvpeft {command}: error: {error}", file=sys.stderr)
         return 2
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from peft import PeftConfig
@@ -125,6 +125,18 @@ class LVPruningConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PEFT_TYPE
         self.validate()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> LVPruningConfig:
+        # PEFT builds a loaded config with `config_cls(**json)` and, on a TypeError about an unexpected
+        # keyword, drops the unknown fields with a warning. A typo'd field would then silently fall back to
+        # its default, so refuse unknown fields here, with a ValueError PEFT does not catch.
+        unknown = sorted(set(kwargs) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"LVPruningConfig got unknown fields {unknown}: the adapter config was written by another "
+                "version of lvpeft or edited by hand. Remove them, or upgrade lvpeft."
+            )
+        return super().__new__(cls)
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
         """Save `adapter_config.json`; when the folder holds a model card (as `PeftModel.save_pretrained`

@@ -18,6 +18,7 @@ Both terms (and the realised keep ratio after each module) are logged at every l
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -125,6 +126,16 @@ class LVPruningTrainer(SFTTrainer):
     def _log_metric(self, mode: str, name: str, value: torch.Tensor) -> None:
         gathered = self.accelerator.gather_for_metrics(value.detach().float().reshape(1))
         self._metrics[mode][name].append(gathered.mean().item())
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Save the adapter alone (config, safetensors, card): no base weights, no processor files, no
+        pickled training arguments. Checkpoints go through here too; resuming needs nothing else."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(
+            output_dir, state_dict=state_dict, is_main_process=self.args.should_save
+        )
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """Write the LVPruning model card (with the training run's hyper-parameters) to `output_dir`."""

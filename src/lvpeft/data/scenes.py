@@ -1,0 +1,455 @@
+"""Synthetic language-guided VQA: coloured shapes on a grid, questions about a small region.
+
+Every image is ``image_size`` x ``image_size`` RGB pixels (96 by default) holding a few coloured shapes,
+one per cell of a ``grid`` x ``grid`` layout (3 x 3 by default). The vision tower cuts the image into
+``patch_size`` x ``patch_size`` patches (8 px, so 12 x 12 = 144 vision tokens). Each question's answer
+depends on a few of those patches only, which is what a language-guided pruner has to find:
+
+====================  ========================================  ==========================
+kind                  question                                  answer
+====================  ========================================  ==========================
+``colour_of_shape``   ``what colour is the triangle ?``         ``red`` (shape is unique)
+``shape_at``          ``what shape is at the top left ?``       ``circle``
+``exists``            ``is there a blue circle ?``              ``yes`` / ``no``
+``count``             ``how many red shapes ?``                 ``zero`` ... ``five``
+====================  ========================================  ==========================
+
+The generator knows what every patch shows, so each example carries
+
+* ``patch_labels`` (``(grid_patches, grid_patches)`` int64): the class of the object that covers most
+  of the patch (``1 + colour * n_shapes + shape``) or 0 for background; use it for an auxiliary
+  per-patch classification loss on the vision tower;
+* ``region`` (sorted flat patch indices, row-major like the vision tokens): the patches that hold the
+  evidence for the answer.
+
+Splits are disjoint by construction: a scene's layout (which shape of which colour in which cell)
+is hashed, and the hash decides the one split it may appear in. Everything is deterministic given
+``(split, seed)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+"""Split names; a scene belongs to exactly one of them (see :func:`split_of_layout`)."""
+
+QUESTION_KINDS: tuple[str, ...] = ("colour_of_shape", "shape_at", "exists", "count")
+"""The four question families, sampled uniformly (a kind a scene cannot support is re-drawn)."""
+
+NUMBER_WORDS: tuple[str, ...] = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+)
+"""Answers of ``count`` questions, indexed by the count."""
+
+# Share of the 100 hash buckets that each split owns: train 80 %, validation 10 %, test 10 %.
+_SPLIT_BUCKETS: dict[str, range] = {
+    "train": range(0, 80),
+    "validation": range(80, 90),
+    "test": range(90, 100),
+}
+_SPLIT_STREAM: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """How scenes are drawn and asked about.
+
+    Attributes:
+        image_size: Side of the square RGB image in pixels.
+        patch_size: Side of one vision patch in pixels; ``image_size`` must be a multiple of it.
+        grid: Cells per side; one shape at most per cell. ``image_size`` must be a multiple of it.
+        colours: Colour names, each mapped to its RGB value in ``rgb``.
+        shapes: Shape names; drawn by :func:`render_scene` (``circle``, ``square``, ``triangle``,
+            ``diamond`` are supported).
+        rgb: RGB value of every colour name.
+        background: RGB value of the background.
+        min_objects: Fewest shapes in a scene.
+        max_objects: Most shapes in a scene (at most ``grid * grid``).
+        object_fraction: Shape size as a fraction of the cell side.
+        jitter: Largest random offset (pixels) of a shape's centre from its cell's centre.
+        position_names: Name of every cell, row-major; used in ``shape_at`` questions.
+    """
+
+    image_size: int = 96
+    patch_size: int = 8
+    grid: int = 3
+    colours: tuple[str, ...] = ("red", "green", "blue", "yellow")
+    shapes: tuple[str, ...] = ("circle", "square", "triangle")
+    rgb: dict[str, tuple[int, int, int]] = field(
+        default_factory=lambda: {
+            "red": (220, 40, 40),
+            "green": (40, 170, 60),
+            "blue": (50, 90, 235),
+            "yellow": (235, 205, 30),
+            "purple": (150, 60, 190),
+            "white": (245, 245, 245),
+        }
+    )
+    background: tuple[int, int, int] = (40, 40, 40)
+    min_objects: int = 2
+    max_objects: int = 5
+    object_fraction: float = 0.7
+    jitter: int = 2
+    position_names: tuple[str, ...] = (
+        "top left",
+        "top",
+        "top right",
+        "left",
+        "center",
+        "right",
+        "bottom left",
+        "bottom",
+        "bottom right",
+    )
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size or self.image_size % self.grid:
+            raise ValueError("image_size must be a multiple of both patch_size and grid")
+        if len(self.position_names) != self.grid * self.grid:
+            raise ValueError(f"need {self.grid * self.grid} position names, got {len(self.position_names)}")
+        if not 1 <= self.min_objects <= self.max_objects <= self.grid * self.grid:
+            raise ValueError("need 1 <= min_objects <= max_objects <= grid * grid")
+        if self.max_objects >= len(NUMBER_WORDS):
+            raise ValueError(f"count answers go up to {NUMBER_WORDS[-1]}")
+        missing = [c for c in self.colours if c not in self.rgb]
+        if missing:
+            raise ValueError(f"no RGB value for colours {missing}")
+
+    @property
+    def patches_per_side(self) -> int:
+        """Vision patches per image side (12 for 96 px and patch 8)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Vision tokens per image (144 for 96 px and patch 8), CLS not counted."""
+        return self.patches_per_side**2
+
+    @property
+    def num_patch_classes(self) -> int:
+        """Classes of :attr:`VQAExample.patch_labels`: background plus every (colour, shape) pair."""
+        return 1 + len(self.colours) * len(self.shapes)
+
+    def patch_class(self, colour: str, shape: str) -> int:
+        """Class id of a patch showing a ``colour`` ``shape`` (0 is background)."""
+        return 1 + self.colours.index(colour) * len(self.shapes) + self.shapes.index(shape)
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One shape in a scene.
+
+    Attributes:
+        shape: Shape name (one of ``SceneConfig.shapes``).
+        colour: Colour name (one of ``SceneConfig.colours``).
+        cell: Row-major cell index in ``[0, grid * grid)``.
+        dx: Horizontal offset of the centre from the cell centre, pixels.
+        dy: Vertical offset of the centre from the cell centre, pixels.
+    """
+
+    shape: str
+    colour: str
+    cell: int
+    dx: int = 0
+    dy: int = 0
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A layout of shapes, at most one per cell, sorted by cell.
+
+    Attributes:
+        objects: The shapes, sorted by ``cell``.
+    """
+
+    objects: tuple[SceneObject, ...]
+
+    def layout_key(self) -> str:
+        """Canonical text of the layout without jitter, e.g. ``"0:red:circle|4:blue:square"``."""
+        return "|".join(f"{o.cell}:{o.colour}:{o.shape}" for o in self.objects)
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question about a scene, its single-word answer and the objects that hold the evidence.
+
+    Attributes:
+        kind: One of :data:`QUESTION_KINDS`.
+        text: The question, lower case, words and ``?`` separated by single spaces.
+        answer: The single-word answer.
+        evidence: Indices into ``Scene.objects`` of the objects the answer depends on. For a ``no``
+            answer to ``exists`` these are the near misses (same colour or same shape).
+        cell: For ``shape_at`` the asked cell (its patches are the evidence), else ``None``.
+    """
+
+    kind: str
+    text: str
+    answer: str
+    evidence: tuple[int, ...]
+    cell: int | None = None
+
+
+@dataclass
+class VQAExample:
+    """One image-question-answer triple with its per-patch annotation.
+
+    Attributes:
+        id: Unique id, ``"<split>-<seed>-<index>"``.
+        split: One of :data:`SPLITS`.
+        scene: The drawn layout.
+        image: RGB PIL image, ``image_size`` x ``image_size``.
+        question: The question text (without the ``<image>`` placeholder).
+        answer: The single-word answer.
+        kind: One of :data:`QUESTION_KINDS`.
+        patch_labels: ``(P, P)`` int64 class map (``P = image_size // patch_size``), 0 = background,
+            else ``SceneConfig.patch_class(colour, shape)`` of the object covering most of the patch.
+        region: Sorted flat (row-major) indices of the patches holding the evidence for the answer;
+            index ``i`` is vision token ``i`` (CLS excluded).
+    """
+
+    id: str
+    split: str
+    scene: Scene
+    image: Image.Image
+    question: str
+    answer: str
+    kind: str
+    patch_labels: np.ndarray
+    region: tuple[int, ...]
+
+    def region_mask(self) -> np.ndarray:
+        """``(P * P,)`` bool mask of :attr:`region` over the vision tokens."""
+        mask = np.zeros(self.patch_labels.size, dtype=bool)
+        mask[list(self.region)] = True
+        return mask
+
+
+def split_of_layout(scene: Scene) -> str:
+    """The split a scene's layout belongs to, from a stable hash of :meth:`Scene.layout_key`."""
+    bucket = int(hashlib.sha256(scene.layout_key().encode()).hexdigest()[:8], 16) % 100
+    return next(name for name, buckets in _SPLIT_BUCKETS.items() if bucket in buckets)
+
+
+def sample_scene(rng: np.random.Generator, config: SceneConfig) -> Scene:
+    """Draw a random layout: ``min_objects..max_objects`` shapes in distinct cells."""
+    n = int(rng.integers(config.min_objects, config.max_objects + 1))
+    cells = sorted(int(c) for c in rng.choice(config.grid * config.grid, size=n, replace=False))
+    objects = tuple(
+        SceneObject(
+            shape=config.shapes[int(rng.integers(len(config.shapes)))],
+            colour=config.colours[int(rng.integers(len(config.colours)))],
+            cell=cell,
+            dx=int(rng.integers(-config.jitter, config.jitter + 1)),
+            dy=int(rng.integers(-config.jitter, config.jitter + 1)),
+        )
+        for cell in cells
+    )
+    return Scene(objects)
+
+
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, obj: SceneObject, fill: int | tuple[int, ...], config: SceneConfig
+) -> None:
+    cell_px = config.image_size // config.grid
+    row, col = divmod(obj.cell, config.grid)
+    cx = col * cell_px + cell_px / 2 + obj.dx
+    cy = row * cell_px + cell_px / 2 + obj.dy
+    r = config.object_fraction * cell_px / 2
+    box = (cx - r, cy - r, cx + r - 1, cy + r - 1)
+    if obj.shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif obj.shape == "square":
+        s = r * 0.85  # a square of the same side as the circle looks much bigger; even them out
+        draw.rectangle((cx - s, cy - s, cx + s - 1, cy + s - 1), fill=fill)
+    elif obj.shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx + r, cy + r - 1), (cx - r, cy + r - 1)], fill=fill)
+    elif obj.shape == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+    else:
+        raise ValueError(f"cannot draw shape {obj.shape!r}")
+
+
+def render_scene(scene: Scene, config: SceneConfig) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+    """Draw a scene.
+
+    Returns:
+        image: RGB PIL image, ``image_size`` x ``image_size``.
+        object_map: ``(image_size, image_size)`` int64, ``1 + index`` of the object drawn at each pixel,
+            0 for background.
+        patch_objects: ``(P, P)`` int64, ``1 + index`` of the object covering most pixels of each patch
+            (ties to the lower index), 0 where background covers most of it.
+    """
+    image = Image.new("RGB", (config.image_size, config.image_size), config.background)
+    ids = Image.new("L", (config.image_size, config.image_size), 0)
+    draw, draw_ids = ImageDraw.Draw(image), ImageDraw.Draw(ids)
+    for i, obj in enumerate(scene.objects):
+        _draw_shape(draw, obj, config.rgb[obj.colour], config)
+        _draw_shape(draw_ids, obj, i + 1, config)
+    object_map = np.asarray(ids, dtype=np.int64)
+    p, n = config.patch_size, config.patches_per_side
+    blocks = object_map.reshape(n, p, n, p).transpose(0, 2, 1, 3).reshape(n, n, p * p)
+    counts = np.stack([(blocks == k).sum(-1) for k in range(len(scene.objects) + 1)], axis=-1)
+    return image, object_map, counts.argmax(-1).astype(np.int64)
+
+
+def _touched_patches(object_map: np.ndarray, object_ids: Sequence[int], patch_size: int) -> tuple[int, ...]:
+    """Flat indices of the patches holding at least one pixel of any object in ``object_ids`` (1-based)."""
+    n = object_map.shape[0] // patch_size
+    hit = np.isin(object_map, list(object_ids)).reshape(n, patch_size, n, patch_size).any(axis=(1, 3))
+    return tuple(int(i) for i in np.flatnonzero(hit))
+
+
+def _cell_patches(cell: int, config: SceneConfig) -> tuple[int, ...]:
+    """Flat indices of the patches inside a grid cell (any overlap)."""
+    n, cell_px, p = config.patches_per_side, config.image_size // config.grid, config.patch_size
+    row, col = divmod(cell, config.grid)
+    rows = range((row * cell_px) // p, -(-((row + 1) * cell_px) // p))
+    cols = range((col * cell_px) // p, -(-((col + 1) * cell_px) // p))
+    return tuple(r * n + c for r in rows for c in cols)
+
+
+def ask_question(
+    scene: Scene, rng: np.random.Generator, config: SceneConfig, kind: str | None = None
+) -> Question:
+    """Draw one question about ``scene``; if ``kind`` is None it is drawn among the kinds it supports."""
+    objs = scene.objects
+    unique_shapes = [s for s in config.shapes if sum(o.shape == s for o in objs) == 1]
+    kinds = [k for k in QUESTION_KINDS if k != "colour_of_shape" or unique_shapes]
+    if kind is None:
+        kind = kinds[int(rng.integers(len(kinds)))]
+    if kind not in kinds:
+        raise ValueError(f"scene cannot support a {kind!r} question")
+    if kind == "colour_of_shape":
+        shape = unique_shapes[int(rng.integers(len(unique_shapes)))]
+        i = next(i for i, o in enumerate(objs) if o.shape == shape)
+        return Question(kind, f"what colour is the {shape} ?", objs[i].colour, (i,))
+    if kind == "shape_at":
+        i = int(rng.integers(len(objs)))
+        where = config.position_names[objs[i].cell]
+        return Question(kind, f"what shape is at the {where} ?", objs[i].shape, (i,), cell=objs[i].cell)
+    if kind == "exists":
+        present = {(o.colour, o.shape) for o in objs}
+        if rng.random() < 0.5:
+            colour, shape = sorted(present)[int(rng.integers(len(present)))]
+        else:
+            absent = sorted({(c, s) for c in config.colours for s in config.shapes} - present)
+            colour, shape = absent[int(rng.integers(len(absent)))]
+        answer = "yes" if (colour, shape) in present else "no"
+        if answer == "yes":
+            evidence = tuple(i for i, o in enumerate(objs) if (o.colour, o.shape) == (colour, shape))
+        else:
+            evidence = tuple(i for i, o in enumerate(objs) if o.colour == colour or o.shape == shape)
+        return Question(kind, f"is there a {colour} {shape} ?", answer, evidence)
+    if kind == "count":
+        colour = config.colours[int(rng.integers(len(config.colours)))]
+        evidence = tuple(i for i, o in enumerate(objs) if o.colour == colour)
+        return Question(kind, f"how many {colour} shapes ?", NUMBER_WORDS[len(evidence)], evidence)
+    raise ValueError(f"unknown question kind {kind!r}")
+
+
+def make_example(
+    scene: Scene, question: Question, config: SceneConfig, example_id: str, split: str
+) -> VQAExample:
+    """Render ``scene`` and bundle it with ``question``, its patch labels and its evidence region."""
+    image, object_map, patch_objects = render_scene(scene, config)
+    classes = np.array([0] + [config.patch_class(o.colour, o.shape) for o in scene.objects], dtype=np.int64)
+    if question.cell is not None:
+        region = _cell_patches(question.cell, config)
+    else:
+        region = _touched_patches(object_map, [i + 1 for i in question.evidence], config.patch_size)
+    return VQAExample(
+        id=example_id,
+        split=split,
+        scene=scene,
+        image=image,
+        question=question.text,
+        answer=question.answer,
+        kind=question.kind,
+        patch_labels=classes[patch_objects],
+        region=region,
+    )
+
+
+def iter_split(split: str, seed: int = 0, config: SceneConfig | None = None) -> Iterator[VQAExample]:
+    """Endless deterministic stream of examples of one split (scenes of other splits are skipped)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    config = config or SceneConfig()
+    rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
+    index = 0
+    while True:
+        scene = sample_scene(rng, config)
+        if split_of_layout(scene) != split:
+            continue
+        yield make_example(scene, ask_question(scene, rng, config), config, f"{split}-{seed}-{index}", split)
+        index += 1
+
+
+def make_split(
+    split: str, num_examples: int, seed: int = 0, config: SceneConfig | None = None
+) -> list[VQAExample]:
+    """The first ``num_examples`` examples of :func:`iter_split` as a list."""
+    stream = iter_split(split, seed, config)
+    return [next(stream) for _ in range(num_examples)]
+
+
+def vocabulary(config: SceneConfig | None = None) -> list[str]:
+    """Every word and punctuation token that questions and answers use, sorted."""
+    config = config or SceneConfig()
+    words = {"what", "colour", "is", "the", "shape", "at", "there", "a", "how", "many", "shapes", "?"}
+    words |= {"yes", "no", *config.colours, *config.shapes, *NUMBER_WORDS[: config.max_objects + 1]}
+    words |= {w for name in config.position_names for w in name.split()}
+    return sorted(words)
+
+
+def answer_vocabulary(config: SceneConfig | None = None) -> list[str]:
+    """Every possible answer word, sorted."""
+    config = config or SceneConfig()
+    return sorted({"yes", "no", *config.colours, *config.shapes, *NUMBER_WORDS[: config.max_objects + 1]})
+
+
+def export_llava_json(
+    examples: Sequence[VQAExample], folder: str | Path, json_name: str = "data.json"
+) -> Path:
+    """Write ``examples`` as LLaVA-format JSON plus one PNG per example into ``folder``.
+
+    The JSON is a list of ``{"id", "image": "<file name>", "conversations": [{"from": "human",
+    "value": "<image>\\n<question>"}, {"from": "gpt", "value": "<answer>"}]}``; image file names
+    are relative to ``folder``. Returns the path of the JSON file.
+    """
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for ex in examples:
+        name = f"images/{ex.id}.png"
+        ex.image.save(folder / name)
+        records.append(
+            {
+                "id": ex.id,
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{ex.question}"},
+                    {"from": "gpt", "value": ex.answer},
+                ],
+            }
+        )
+    path = folder / json_name
+    path.write_text(json.dumps(records, indent=1))
+    return path
