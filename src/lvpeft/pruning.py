@@ -36,7 +36,7 @@ from torch import nn
 
 from .architecture import LlavaParts
 from .decisions import gumbel_keep, keep_counts, ratio_loss, select_top_k
-from .scorers import Scorer
+from .scorers import Scorer, ScoringContext
 from .tokens import gather_slots, pack, scatter_slots
 
 STATE_ATTR = "_lvpruning_state"
@@ -281,7 +281,7 @@ class TokenPruner:
             else:
                 hidden, rest = kwargs.pop("hidden_states"), ()
             if not ctx.decode and stage not in ctx.stage_keys:
-                hidden = self._apply_module(ctx, stage, hidden, kwargs)
+                hidden = self._apply_module(ctx, stage, hidden, kwargs, module)
             kwargs.update(self._stage_kwargs(ctx, stage, index, kwargs, hidden.dtype))
             return (hidden, *rest), kwargs
 
@@ -308,12 +308,17 @@ class TokenPruner:
     # -- the decision at a module -----------------------------------------------------------------
 
     def _apply_module(
-        self, ctx: ForwardContext, stage: int, hidden: torch.Tensor, kwargs: dict
+        self, ctx: ForwardContext, stage: int, hidden: torch.Tensor, kwargs: dict, layer: nn.Module
     ) -> torch.Tensor:
         plan = ctx.plan
         language = ctx.valid & ~ctx.is_vision
         candidates = ctx.valid & ctx.alive
-        logits = plan.scorers[stage](hidden, candidates, language)  # (B, L, 2)
+        keep = keep_counts(ctx.num_vision, plan.ratios[stage])  # (B,)
+        rope = kwargs.get("position_embeddings")
+        if rope is not None and ctx.removed:
+            rope = tuple(gather_slots(t, ctx.positions.clamp(min=0)) for t in rope)
+        context = ScoringContext(hidden, candidates, language, ctx.valid, ctx.positions, keep, layer, rope)
+        logits = plan.scorers[stage](context)  # (B, L, 2)
         has_vision = ctx.num_vision > 0
         if plan.training:
             decision = gumbel_keep(logits, plan.temperature) * candidates  # (B, L) hard, straight-through
@@ -323,7 +328,7 @@ class TokenPruner:
             ctx.stage_keys[stage] = StageKeys(ctx.positions, ctx.valid)
             return hidden
         scores = logits[..., 0] - logits[..., 1]
-        kept = select_top_k(scores, candidates, keep_counts(ctx.num_vision, plan.ratios[stage]))  # (B, L)
+        kept = select_top_k(scores, candidates, keep)  # (B, L)
         ctx.keep_ratios.append(_mean_ratio(kept.sum(1), ctx.num_vision, has_vision))
         if plan.mode is PruneMode.MASK:
             ctx.alive = kept

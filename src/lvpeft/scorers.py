@@ -1,31 +1,62 @@
 """Scorers: who decides which vision tokens are worth keeping.
 
-A scorer looks at the hidden states entering decoder layer `p_s` and returns keep/drop logits for
-every slot; only the candidate slots (alive vision tokens) are read. The pruning machinery in
-`pruning.py` is the same whatever the scorer, so the learned LVPruning module and training-free
-baselines differ only here.
+A scorer looks at the tokens entering decoder layer `p_s` (a `ScoringContext`) and returns
+keep/drop logits for every slot; only the candidate slots (alive vision tokens) are read, and the
+pruning machinery keeps the top `k` of each sample by `keep - drop`. The machinery in `pruning.py`
+is the same whatever the scorer, so the learned LVPruning module and the training-free baselines
+below differ only here, at the same positions and the same token budget.
 
-Shapes: B batch, L slots, d hidden size.
+Shapes: B batch, L slots, d hidden size, h heads, hd head size.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from .layer import DecisionModule
 from .tokens import gather_slots, pack, scatter_slots
 
 
-class Scorer(Protocol):
-    """Maps the hidden states before a pruning layer to (keep, drop) logits per slot."""
+@dataclass
+class ScoringContext:
+    """What a scorer may look at before decoder layer `p_s`.
 
-    def __call__(
-        self, hidden: torch.Tensor, candidates: torch.Tensor, language: torch.Tensor
-    ) -> torch.Tensor:
-        """hidden (B, L, d); candidates, language (B, L) bool -> logits (B, L, 2) float32."""
-        ...
+    Attributes:
+        hidden: (B, L, d) hidden states entering the layer.
+        candidates: (B, L) bool, alive vision tokens (the ones to rank).
+        language: (B, L) bool, real non-vision tokens.
+        valid: (B, L) bool, real tokens (not padding).
+        positions: (B, L) long original positions (-1 on padding slots).
+        keep: (B,) long, how many candidates each sample keeps at this module.
+        layer: the decoder layer about to run (for attention-based baselines).
+        position_embeddings: the RoPE (cos, sin), each (B, L, hd), of the current slots, if the decoder
+            passes them to its layers.
+    """
+
+    hidden: torch.Tensor
+    candidates: torch.Tensor
+    language: torch.Tensor
+    valid: torch.Tensor
+    positions: torch.Tensor
+    keep: torch.Tensor
+    layer: nn.Module
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+class Scorer(Protocol):
+    """Maps a `ScoringContext` to (keep, drop) logits, (B, L, 2) float32."""
+
+    def __call__(self, context: ScoringContext) -> torch.Tensor: ...
+
+
+def _as_logits(scores: torch.Tensor) -> torch.Tensor:
+    """(B, L) keep scores -> (B, L, 2) logits (keep = score, drop = 0)."""
+    scores = scores.float()
+    return torch.stack([scores, torch.zeros_like(scores)], dim=-1)
 
 
 class LearnedScorer:
@@ -34,11 +65,80 @@ class LearnedScorer:
     def __init__(self, module: DecisionModule) -> None:
         self.module = module
 
-    def __call__(
-        self, hidden: torch.Tensor, candidates: torch.Tensor, language: torch.Tensor
-    ) -> torch.Tensor:
+    def __call__(self, context: ScoringContext) -> torch.Tensor:
         """Pack candidates and language tokens per row, score, and scatter back to slots."""
-        v_index, v_valid = pack(candidates)  # (B, Nv)
-        t_index, t_valid = pack(language)  # (B, T)
+        hidden = context.hidden
+        v_index, v_valid = pack(context.candidates)  # (B, Nv)
+        t_index, t_valid = pack(context.language)  # (B, T)
         logits = self.module(gather_slots(hidden, v_index), gather_slots(hidden, t_index), t_valid)
         return scatter_slots(logits, v_index, v_valid, hidden.shape[1])
+
+
+class RandomScorer:
+    """Baseline: keep a random subset, blind to content.
+
+    The score of a token is a seeded random number drawn for its ORIGINAL position, so the choice
+    is reproducible and the same whether tokens are removed or masked, batched or not.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._table = torch.empty(0)
+
+    def __call__(self, context: ScoringContext) -> torch.Tensor:
+        needed = int(context.positions.max()) + 1
+        if self._table.numel() < needed:
+            generator = torch.Generator().manual_seed(self.seed)
+            self._table = torch.rand(max(needed, 4096), generator=generator)
+        table = self._table.to(context.hidden.device)
+        return _as_logits(table[context.positions.clamp(min=0)])
+
+
+class UniformScorer:
+    """Baseline: a spatially uniform subsample, the `k` candidates closest to evenly spaced ranks.
+
+    Candidates are ordered by position (row-major over the image grid), so evenly spaced ranks
+    spread the kept tokens over the image.
+    """
+
+    def __call__(self, context: ScoringContext) -> torch.Tensor:
+        candidates = context.candidates
+        rank = (torch.cumsum(candidates.long(), dim=1) - 1).float()  # (B, L): rank among the candidates
+        n = candidates.sum(dim=1, keepdim=True).clamp(min=1).float()
+        step = n / context.keep[:, None].clamp(min=1).float()  # ranks per kept token
+        # split the ranks into k equal bins and pick, in each, the rank nearest to the bin's centre
+        target = torch.floor((torch.floor(rank / step) + 0.5) * step)
+        return _as_logits((rank == target).float() - 1e-3 * (rank - target).abs() / n)
+
+
+class FastVScorer:
+    """Baseline in the style of FastV: the attention the last token pays to each vision token.
+
+    Computed at the pruning layer from the layer's own query/key projections and RoPE (heads
+    averaged after the softmax), over all real tokens. Needs a Llama-style attention module
+    (`input_layernorm`, `self_attn.q_proj` / `k_proj`, `head_dim`) and RoPE embeddings passed to the
+    layers, as Llama, Mistral and Qwen2 decoders do.
+    """
+
+    def __call__(self, context: ScoringContext) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        layer, hidden = context.layer, context.hidden
+        attn = layer.self_attn
+        b, length, _ = hidden.shape
+        normed = layer.input_layernorm(hidden)
+        head_dim = attn.head_dim
+        q = attn.q_proj(normed[:, -1:]).view(b, 1, -1, head_dim).transpose(1, 2)  # (B, h, 1, hd)
+        k = attn.k_proj(normed).view(b, length, -1, head_dim).transpose(1, 2)  # (B, h_kv, L, hd)
+        if context.position_embeddings is not None:
+            cos, sin = context.position_embeddings
+            q, _ = apply_rotary_pos_emb(q, q, cos[:, -1:], sin[:, -1:])
+            _, k = apply_rotary_pos_emb(k, k, cos, sin)
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA -> (B, h, L, hd)
+        logits = (q @ k.transpose(-1, -2)).squeeze(2) * head_dim**-0.5  # (B, h, L)
+        logits = logits.masked_fill(~context.valid[:, None, :], float("-inf"))
+        attention = torch.softmax(logits.float(), dim=-1).mean(dim=1)  # (B, L)
+        return _as_logits(attention)
+
+
+BASELINES: dict[str, type] = {"random": RandomScorer, "uniform": UniformScorer, "fastv": FastVScorer}
