@@ -196,7 +196,7 @@ class TokenPruner:
         vision = self._vision_mask(module, args, kwargs)
         if vision is None:
             return
-        cache = kwargs.get("past_key_values")
+        cache = _cache_argument(kwargs)
         past = cache.get_seq_length() if cache is not None else 0
         state: CacheState | None = getattr(cache, STATE_ATTR, None) if cache is not None else None
         attention_mask = kwargs.get("attention_mask")
@@ -449,6 +449,12 @@ class TokenPruner:
 
             cache.reorder_cache = reorder_cache
             cache._lvpruning_reorder_wrapped = True
+
+
+def _cache_argument(kwargs: dict) -> Any:
+    """The KV cache a forward received: `cache=` since transformers 5.24, `past_key_values=` before."""
+    cache = kwargs.get("cache")
+    return cache if cache is not None else kwargs.get("past_key_values")
 
 
 def _mean_ratio(kept: torch.Tensor, num_vision: torch.Tensor, has_vision: torch.Tensor) -> float:
