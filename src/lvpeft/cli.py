@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .bench import add_bench_command
 from .flops import add_flops_command
 
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lvpeft {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_bench_command(subparsers)
     add_flops_command(subparsers)
     add_inspect_command(subparsers)
     subparsers.add_parser(
