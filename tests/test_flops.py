@@ -306,3 +306,16 @@ def test_report_to_dict_is_json_ready():
     data = json.loads(json.dumps(report.to_dict()))
     assert set(data["base"]) == {"vision", "projector", "decoder", "lm_head", "pruner", "total"}
     assert data["pruned"]["pruner"] == report.pruned.pruner
+
+
+def test_readme_flops_table_is_generated_and_current() -> None:
+    """The README's performance section is produced by scripts/update_perf_table.py, not typed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "update_perf_table.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
