@@ -113,3 +113,19 @@ def test_ratio_loss_value() -> None:
     vision = torch.tensor([[True, True, True, True, False]])
     d = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]])
     assert ratio_loss([d], vision, [0.25]).item() == pytest.approx((0.25 - 0.5) ** 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_half_precision_training_is_finite(dtype: torch.dtype, attn: str) -> None:
+    """The masked softmax's log(D + eps) term and the min-value mask must not overflow in half precision."""
+    model = get_lvpruning_model(tiny_llava("llama", attn, dtype=dtype), LVPruningConfig(keep=0.25)).train()
+    inputs = labelled(PROMPTS)
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    out = model(**inputs)
+    loss = out.loss.float() + lvpruning_tuner(model).pruning_stats.ratio_loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
