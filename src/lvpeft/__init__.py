@@ -9,15 +9,12 @@ Importing this package registers the `LVPRUNING` PEFT method, so `peft.PeftModel
 and transformers' `model.load_adapter` can load LVPruning adapters.
 """
 
-from .registration import PEFT_TYPE, register
-
-register()
-
-from .config import LVPruningConfig  # noqa: E402
-from .layer import DecisionModule  # noqa: E402
-from .loading import from_pretrained  # noqa: E402
-from .model import LVPruningModel, get_lvpruning_model, lvpruning_tuner  # noqa: E402
-from .pruning import PruneMode, PruningStats  # noqa: E402
+from .config import LVPruningConfig
+from .layer import DecisionModule
+from .loading import from_pretrained
+from .model import LVPruningModel, get_lvpruning_model, lvpruning_tuner  # importing it registers the method
+from .pruning import PruneMode, PruningStats
+from .registration import PEFT_TYPE
 
 __version__ = "0.1.0"
 

@@ -10,27 +10,52 @@ kept; only the metadata is updated.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import ModelCard
-
-if TYPE_CHECKING:
-    from .config import LVPruningConfig
 
 MARKER = "<!-- lvpeft-card"
 PEFT_TEMPLATE_MARKER = "# Model Card for Model ID"
 TAGS = ("lvpruning", "token-pruning", "llava", "peft", "image-text-to-text")
 
 
-def render_card_body(config: LVPruningConfig, adapter_id: str | None = None) -> str:
-    """The markdown body of the card for `config` (no YAML header)."""
+@dataclass(frozen=True)
+class CardFacts:
+    """What the card says about an adapter (`LVPruningConfig.card_facts()` fills it).
+
+    Attributes:
+        base_model: the base model's Hub id or path, if known.
+        keep: final keep ratio; layers / schedule: module positions and keep ratios.
+        pruner_dim, pruner_heads, pruner_blocks, pruner_ffn_mult: the decision module.
+        gumbel_temperature, ratio_loss_weight: training settings.
+        hidden_size: the base language model's width (None if unknown).
+        model_config: the base model's config, for the FLOPs section (None if unknown).
+    """
+
+    base_model: str | None
+    keep: float
+    layers: list[int] | None
+    schedule: list[float]
+    pruner_dim: int | None
+    pruner_heads: int
+    pruner_blocks: int
+    pruner_ffn_mult: int
+    gumbel_temperature: float
+    ratio_loss_weight: float
+    hidden_size: int | None
+    model_config: Any = None
+
+
+def render_card_body(config: CardFacts, adapter_id: str | None = None) -> str:
+    """The markdown body of the card (no YAML header)."""
     template = resources.files("lvpeft").joinpath("hub_cards/adapter_card.md").read_text(encoding="utf-8")
-    schedule = config.resolve_schedule()
+    schedule = config.schedule
     layers = config.layers or ["(scaled to the model's depth)"] * len(schedule)
     rows = "\n".join(f"| {i + 1} | {p} | {r:g} |" for i, (p, r) in enumerate(zip(layers, schedule)))
-    dim = config.pruner_dim or config.base_text_hidden_size or "d"
-    base = config.base_model_name_or_path or "<base model>"
+    dim = config.pruner_dim or config.hidden_size or "d"
+    base = config.base_model or "<base model>"
     values: dict[str, Any] = {
         "base_model": base,
         "adapter_id": adapter_id or "<adapter repo or folder>",
@@ -49,7 +74,7 @@ def render_card_body(config: LVPruningConfig, adapter_id: str | None = None) -> 
 
 
 def write_model_card(
-    save_directory: str, config: LVPruningConfig, *, training_args: Any = None, force: bool = False
+    save_directory: str, config: CardFacts, *, training_args: Any = None, force: bool = False
 ) -> None:
     """Create or update `save_directory/README.md` for an LVPruning adapter (see module docstring).
 
@@ -62,8 +87,8 @@ def write_model_card(
     data.library_name = data.library_name or "peft"
     data.tags = sorted(set(data.tags or []) | set(TAGS))
     data.pipeline_tag = "image-text-to-text"
-    if config.base_model_name_or_path:
-        data.base_model = config.base_model_name_or_path
+    if config.base_model:
+        data.base_model = config.base_model
     elif not data.get("base_model"):
         data.pop("base_model", None)
     data.tags = [t for t in data.tags if not t.endswith(":")]  # PEFT's tag for an unnamed base
@@ -74,8 +99,8 @@ def write_model_card(
     card.save(path)
 
 
-def _flops_section(config: LVPruningConfig) -> str:
-    model_config = getattr(config, "_base_model_config", None)
+def _flops_section(config: CardFacts) -> str:
+    model_config = config.model_config
     if model_config is None:
         return "Not computed: the adapter was saved without its base model's config at hand."
     from .flops import estimate_flops
@@ -85,7 +110,7 @@ def _flops_section(config: LVPruningConfig) -> str:
             model_config,
             text_tokens=30,
             layers=config.layers,
-            schedule=config.resolve_schedule(),
+            schedule=config.schedule,
             pruner_dim=config.pruner_dim,
             pruner_heads=config.pruner_heads,
             pruner_blocks=config.pruner_blocks,
@@ -134,17 +159,17 @@ def _training_section(args: Any) -> str:
     )
 
 
-def _parameter_count(config: LVPruningConfig) -> str:
-    if config.base_text_hidden_size is None:
+def _parameter_count(config: CardFacts) -> str:
+    if config.hidden_size is None:
         return "see adapter_model.safetensors for the"
     import torch
 
     from .layer import DecisionModule
 
-    d = config.base_text_hidden_size
+    d = config.hidden_size
     with torch.device("meta"):
         module = DecisionModule(
             d, config.pruner_dim or d, config.pruner_heads, config.pruner_blocks, config.pruner_ffn_mult
         )
     per_module = sum(p.numel() for p in module.parameters())
-    return f"{per_module * config.num_modules:,}"
+    return f"{per_module * len(config.schedule):,}"

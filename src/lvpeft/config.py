@@ -15,10 +15,8 @@ from typing import Any
 
 from peft import PeftConfig
 
+from .placement import default_layers
 from .registration import PEFT_TYPE
-
-# The paper's placement for LLaVA-1.5-7B: modules after decoder layers 1, 8 and 16 of 32.
-PAPER_LAYER_FRACTIONS: tuple[float, ...] = (1 / 32, 8 / 32, 16 / 32)
 
 
 def _fail(name: str, value: object, valid: str) -> None:
@@ -145,7 +143,26 @@ class LVPruningConfig(PeftConfig):
         if os.path.exists(os.path.join(save_directory, "README.md")):
             from .card import write_model_card
 
-            write_model_card(save_directory, self)
+            write_model_card(save_directory, self.card_facts())
+
+    def card_facts(self) -> Any:
+        """What the model card says about this adapter (a `lvpeft.card.CardFacts`)."""
+        from .card import CardFacts
+
+        return CardFacts(
+            base_model=self.base_model_name_or_path,
+            keep=self.keep,
+            layers=self.layers,
+            schedule=self.resolve_schedule(),
+            pruner_dim=self.pruner_dim,
+            pruner_heads=self.pruner_heads,
+            pruner_blocks=self.pruner_blocks,
+            pruner_ffn_mult=self.pruner_ffn_mult,
+            gumbel_temperature=self.gumbel_temperature,
+            ratio_loss_weight=self.ratio_loss_weight,
+            hidden_size=self.base_text_hidden_size,
+            model_config=getattr(self, "_base_model_config", None),
+        )
 
     # -- validation -------------------------------------------------------------------------------
 
@@ -218,24 +235,7 @@ class LVPruningConfig(PeftConfig):
                     f"[1, {num_layers - 1}] (a module needs at least one layer after it)."
                 )
             return list(self.layers)
-        if num_layers < self.num_modules + 1:
-            raise ValueError(
-                f"A language model with {num_layers} decoder layers is too shallow for "
-                f"num_modules={self.num_modules}: it needs at least {self.num_modules + 1} layers. "
-                "Lower num_modules or pass explicit `layers`."
-            )
-        fractions = _spread_fractions(self.num_modules)
-        positions: list[int] = []
-        for f in fractions:
-            p = max(1, round(f * num_layers))
-            if positions:
-                p = max(p, positions[-1] + 1)
-            positions.append(p)
-        # pull the tail back inside the depth if the collision pushing overflowed
-        for i in range(len(positions) - 1, -1, -1):
-            limit = num_layers - 1 - (len(positions) - 1 - i)
-            positions[i] = min(positions[i], limit)
-        return positions
+        return default_layers(num_layers, self.num_modules)
 
     def resolve_schedule(self) -> list[float]:
         """Keep ratio after each module, relative to the original number of vision tokens."""
@@ -251,13 +251,6 @@ class LVPruningConfig(PeftConfig):
             _fail("keep", keep, "a number in (0, 1]")
         shift = keep - self.keep
         return [*[min(1.0, max(keep, round(r + shift, 10))) for r in self.resolve_schedule()][:-1], keep]
-
-
-def _spread_fractions(num_modules: int) -> tuple[float, ...]:
-    """Depth fractions of the modules: the paper's three, or an even spread up to half depth."""
-    if num_modules == len(PAPER_LAYER_FRACTIONS):
-        return PAPER_LAYER_FRACTIONS
-    return tuple((i + 1) / (2 * num_modules) if i else 1 / 32 for i in range(num_modules))
 
 
 def _is_int(value: object) -> bool:

@@ -59,6 +59,7 @@ import torch
 from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, LlavaConfig, PreTrainedConfig
 
 from .decisions import keep_counts
+from .placement import default_layers
 
 PRESETS: tuple[str, ...] = ("llava-1.5-7b",)
 """Model names `flops --model` accepts besides a local directory."""
@@ -288,14 +289,8 @@ def _resolve_pruning(
         raise ValueError(f"schedule={sched} must be a non-empty list of keep ratios in (0, 1].")
     if any(b > a for a, b in pairwise(sched)):
         raise ValueError(f"schedule={sched} must be non-increasing (a dropped token stays dropped).")
-    if layers is None:
-        from .config import LVPruningConfig  # the adapter's own default placement
-
-        pos = LVPruningConfig(keep=float(sched[-1]), keep_schedule=[float(r) for r in sched]).resolve_layers(
-            num_layers
-        )
-    else:
-        pos = list(layers)
+    # None: the adapter's own default placement
+    pos = default_layers(num_layers, len(sched)) if layers is None else list(layers)
     if not pos or not all(_is_int(p) for p in pos):
         raise ValueError(f"layers={pos} must be a non-empty list of integers.")
     if len(pos) != len(sched):
@@ -332,7 +327,7 @@ def estimate_flops(
             `vision_feature_layer` and `vision_feature_select_strategy`; one tile per image).
         text_tokens: T, language (non-vision) tokens in the prompt.
         layers: module positions, as decoder layers before each module (paper: [1, 8, 16]).
-            None with a `schedule` uses the adapter's default placement (`LVPruningConfig`).
+            None with a `schedule` uses the adapter's default placement (`lvpeft.placement`).
         schedule: keep ratio after each module relative to the original vision-token count,
             non-increasing, in (0, 1] (paper, rho = 0.5: [0.5, 0.3, 0.1]). None: no pruning.
         pruner_dim: C, the modules' inner width; None means C = d (the paper).

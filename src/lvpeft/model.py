@@ -23,7 +23,7 @@ from .architecture import check_attention, find_llava_parts
 from .config import LVPruningConfig
 from .layer import DecisionLayer, DecisionModule
 from .pruning import PruneMode, PruningPlan, PruningStats, TokenPruner
-from .registration import PREFIX
+from .registration import METHOD_NAME, PEFT_TYPE, PREFIX
 from .scorers import LearnedScorer, Scorer
 
 HOLDER_NAME = "pruner"
@@ -347,3 +347,17 @@ def _module_name(root: nn.Module, target: nn.Module) -> str:
         if module is target:
             return name
     return type(target).__name__
+
+
+def register_lvpruning() -> None:
+    """Register `LVPruningConfig` and `LVPruningModel` with PEFT's mappings (idempotent)."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.utils import register_peft_method
+
+    if PEFT_TYPE not in PEFT_TYPE_TO_TUNER_MAPPING:
+        register_peft_method(
+            name=METHOD_NAME, config_cls=LVPruningConfig, model_cls=LVPruningModel, prefix=PREFIX
+        )
+
+
+register_lvpruning()

@@ -1,10 +1,10 @@
-"""Register LVPruning as a PEFT method.
+"""The `LVPRUNING` member of PEFT's `PeftType` enum, and the method's name and prefix.
 
 PEFT keys its registries by `PeftType`, a closed string enum, and `register_peft_method` refuses
 names that are not members of it. We add an `LVPRUNING` member at import time (a real member, so
-`PeftType("LVPRUNING")`, `PeftType.LVPRUNING.value` and transformers' `load_adapter` work) and then
-register the config and tuner classes. `import lvpeft` runs this once, so a fresh process can
-`PeftModel.from_pretrained(...)` an LVPruning adapter.
+`PeftType("LVPRUNING")`, `PeftType.LVPRUNING.value` and transformers' `load_adapter` work);
+`lvpeft.model` then registers the config and tuner classes under it, so `import lvpeft` is all a
+fresh process needs before `PeftModel.from_pretrained(...)` of an LVPruning adapter.
 """
 
 from __future__ import annotations
@@ -33,18 +33,3 @@ def _extend_peft_type(name: str) -> PeftType:
 
 
 PEFT_TYPE: PeftType = _extend_peft_type(METHOD_NAME.upper())
-
-
-def register() -> None:
-    """Register `LVPruningConfig` and `LVPruningModel` with PEFT's mappings (idempotent)."""
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-    from peft.utils import register_peft_method
-
-    from .config import LVPruningConfig
-    from .model import LVPruningModel
-
-    if PEFT_TYPE in PEFT_TYPE_TO_TUNER_MAPPING:
-        return
-    register_peft_method(
-        name=METHOD_NAME, config_cls=LVPruningConfig, model_cls=LVPruningModel, prefix=PREFIX
-    )

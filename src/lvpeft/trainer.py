@@ -141,4 +141,6 @@ class LVPruningTrainer(SFTTrainer):
         """Write the LVPruning model card (with the training run's hyper-parameters) to `output_dir`."""
         super().create_model_card(*args, **kwargs)
         if self.is_world_process_zero():
-            write_model_card(self.args.output_dir, self.lvpruning_config, training_args=self.args, force=True)
+            write_model_card(
+                self.args.output_dir, self.lvpruning_config.card_facts(), training_args=self.args, force=True
+            )
