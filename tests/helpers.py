@@ -176,3 +176,47 @@ def write_llava_json(folder, n: int = 12, seed: int = 0) -> tuple[str, str]:
     with open(path, "w") as handle:
         json.dump(rows, handle)
     return path, images
+
+
+def unbatch(inputs: dict[str, torch.Tensor], prompts: list[list[int]]) -> list[dict[str, torch.Tensor]]:
+    """The one-by-one inputs of `batch(prompts)`, each with its own images (same pixel values)."""
+    out, offset = [], 0
+    for p in prompts:
+        n = sum(t == IMAGE_TOKEN for t in p) // PATCHES
+        single = batch([p])
+        if n:
+            single["pixel_values"] = inputs["pixel_values"][offset : offset + n]
+        offset += n
+        out.append(single)
+    return out
+
+
+def cache_lengths(cache) -> list[int]:
+    """Number of cached key slots of every decoder layer of a `DynamicCache`."""
+    return [layer.keys.shape[-2] for layer in cache.layers]
+
+
+def expected_cache_lengths(
+    prompts: list[list[int]], layers: list[int], ratios: list[float], num_layers: int = 4
+) -> list[int]:
+    """Per decoder layer, the prefill KV-cache length the keep schedule implies for `batch(prompts)`.
+
+    Layers before the first module hold the padded input; a layer after module s holds, per sample,
+    its text tokens plus `keep_counts(n_vision, ratios[s])` vision tokens, re-packed with left padding
+    (so the batch holds the maximum over samples). Text-only batches are never pruned.
+    """
+    from lvpeft.decisions import keep_counts
+
+    padded = max(len(p) for p in prompts)
+    n_vision = torch.tensor([sum(t == IMAGE_TOKEN for t in p) for p in prompts])
+    n_text = torch.tensor([len(p) for p in prompts]) - n_vision
+    if not bool(n_vision.any()):
+        return [padded] * num_layers
+    out = []
+    for i in range(num_layers):
+        stage = max((s for s, p in enumerate(layers) if p <= i), default=-1)
+        if stage < 0:
+            out.append(padded)
+        else:
+            out.append(int((n_text + keep_counts(n_vision, ratios[stage])).max()))
+    return out

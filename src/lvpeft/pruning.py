@@ -111,11 +111,24 @@ class CacheState:
 
     stages: list[StageKeys]
     length: int  # number of original positions seen so far (prompt + generated)
+    prompt_length: int  # the pruned prefill's length; decoding appends after it
+
+    def drop_last(self, count: int) -> None:
+        """Forget the last `count` decoded tokens (a KV-cache crop, as assisted decoding does)."""
+        decoded = self.length - self.prompt_length
+        if count > decoded:
+            raise NotImplementedError(
+                f"LVPruning cannot crop {count} tokens from a cache holding only {decoded} decoded tokens "
+                "after a pruned prompt: the pruned prompt cannot be re-grown."
+            )
+        for keys in self.stages:
+            keys.positions, keys.valid = keys.positions[:, :-count], keys.valid[:, :-count]
+        self.length -= count
 
 
 @dataclass
 class PruningStats:
-    """What the last forward decided, for trainers and logging.
+    """What the last prefill (a forward over a new prompt) decided, for trainers and logging.
 
     Attributes:
         ratio_loss: scalar, the keep-ratio loss of the last training forward (None in eval).
@@ -192,10 +205,14 @@ class TokenPruner:
         self._ctx = None
         plan = self.plan_provider()
         if plan is None:
+            self.stats = PruningStats()
             return
         vision = self._vision_mask(module, args, kwargs)
         if vision is None:
             return
+        if not _has_image_inputs(kwargs):
+            # an image-placeholder id without image features (e.g. one the model generated) is a plain token
+            vision = torch.zeros_like(vision)
         cache = _cache_argument(kwargs)
         past = cache.get_seq_length() if cache is not None else 0
         state: CacheState | None = getattr(cache, STATE_ATTR, None) if cache is not None else None
@@ -208,6 +225,9 @@ class TokenPruner:
         batch, length = vision.shape
         device = vision.device
         if past == 0:
+            # a new prompt: what the previous one decided no longer describes the model's state (decode
+            # steps keep their prefill's stats, so they still tell what generate() pruned)
+            self.stats = PruningStats()
             if state is not None:
                 delattr(cache, STATE_ATTR)
             if not bool(vision.any()):
@@ -234,8 +254,8 @@ class TokenPruner:
         if state is None:
             if bool(vision.any()):
                 warnings.warn(
-                    "LVPruning: image tokens arrived after an unpruned prefill (the cache was filled with "
-                    "the adapter disabled); they are processed without pruning.",
+                    "LVPruning: image tokens arrived after a prefix that was cached without pruning (a "
+                    "prompt cache, or a prefill with the adapter disabled); they are not pruned.",
                     stacklevel=2,
                 )
             return
@@ -434,21 +454,60 @@ class TokenPruner:
     def _attach_state(self, ctx: ForwardContext) -> None:
         cache = ctx.cache
         state = CacheState(
-            stages=[ctx.stage_keys[s] for s in sorted(ctx.stage_keys)], length=ctx.input_length
+            stages=[ctx.stage_keys[s] for s in sorted(ctx.stage_keys)],
+            length=ctx.input_length,
+            prompt_length=ctx.input_length,
         )
         setattr(cache, STATE_ATTR, state)
-        if not getattr(cache, "_lvpruning_reorder_wrapped", False):
-            original = cache.reorder_cache
+        if not getattr(cache, "_lvpruning_wrapped", False):
+            _follow_cache_edits(cache)
+            cache._lvpruning_wrapped = True
 
-            def reorder_cache(beam_idx: torch.Tensor) -> None:
-                original(beam_idx)
-                current = getattr(cache, STATE_ATTR, None)
-                if current is not None:
-                    for keys in current.stages:
-                        keys.reorder(beam_idx)
 
-            cache.reorder_cache = reorder_cache
-            cache._lvpruning_reorder_wrapped = True
+def _follow_cache_edits(cache: Any) -> None:
+    """Make beam-search reordering and assisted-decoding crops of `cache` update its pruning state too.
+
+    Pruned layers hold fewer tokens than layer 0, so a crop is applied per layer as a number of tokens
+    to remove from each (never as an absolute length, which older transformers versions used).
+    """
+    original_reorder = cache.reorder_cache
+    original_crop = getattr(cache, "crop", None)
+
+    def reorder_cache(beam_idx: torch.Tensor) -> None:
+        original_reorder(beam_idx)
+        state = getattr(cache, STATE_ATTR, None)
+        if state is not None:
+            for keys in state.stages:
+                keys.reorder(beam_idx)
+
+    def crop(max_length: int) -> None:
+        state: CacheState | None = getattr(cache, STATE_ATTR, None)
+        if state is None:
+            return original_crop(max_length)
+        count = -max_length if max_length < 0 else state.length - max_length
+        if count <= 0:
+            return None
+        if any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
+            raise NotImplementedError(
+                "LVPruning can crop only plain DynamicCache layers (assisted decoding with another cache "
+                "type is not supported)."
+            )
+        state.drop_last(count)
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[..., :-count, :], layer.values[..., :-count, :]
+        return None
+
+    cache.reorder_cache = reorder_cache
+    if original_crop is not None:
+        cache.crop = crop
+
+
+def _has_image_inputs(kwargs: dict) -> bool:
+    """Whether this forward brings image features for its image tokens (pixels or precomputed outputs)."""
+    if kwargs.get("pixel_values") is not None:
+        return True
+    outputs = kwargs.get("mm_encoder_outputs") or {}
+    return isinstance(outputs, dict) and outputs.get("image") is not None
 
 
 def _cache_argument(kwargs: dict) -> Any:
