@@ -154,7 +154,6 @@ class ForwardContext:
     vision_orig: torch.Tensor  # (B, L_in) bool: original vision slots of the input
     cache: Any = None
     decode: bool = False
-    new_valid: torch.Tensor | None = None  # decode: (B, q) validity of the new tokens
     soft_keep: torch.Tensor | None = None  # training: (B, L) cumulative decisions D
     decisions: list[torch.Tensor] = field(default_factory=list)
     stage_keys: dict[int, StageKeys] = field(default_factory=dict)
@@ -284,7 +283,6 @@ class TokenPruner:
             vision_orig=vision,
             cache=cache,
             decode=True,
-            new_valid=new_valid,
             stage_keys=dict(enumerate(state.stages)),
         )
 
