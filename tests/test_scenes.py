@@ -123,7 +123,7 @@ def test_patch_labels_match_the_pixels(test_examples: list[VQAExample]) -> None:
             for c in range(n):
                 block = pixels[r * p : (r + 1) * p, c * p : (c + 1) * p].reshape(-1, 3)
                 fg = block[(block != np.array(CONFIG.background)).any(-1)]
-                if len(fg) * 2 <= p * p:  # background covers at least half the patch
+                if len(fg) == 0:
                     assert e.patch_labels[r, c] == 0
                     continue
                 cell = (r * p // (CONFIG.image_size // CONFIG.grid)) * CONFIG.grid + (
@@ -132,6 +132,18 @@ def test_patch_labels_match_the_pixels(test_examples: list[VQAExample]) -> None:
                 obj = next(o for o in e.scene.objects if o.cell == cell)
                 assert tuple(fg[0]) == CONFIG.rgb[obj.colour]
                 assert e.patch_labels[r, c] == CONFIG.patch_class(obj.colour, obj.shape)
+
+
+def test_every_shape_sits_on_the_same_2x2_patches_of_its_cell(test_examples: list[VQAExample]) -> None:
+    n, per_cell = CONFIG.patches_per_side, CONFIG.patches_per_side // CONFIG.grid
+    for e in test_examples[:50]:
+        for obj in e.scene.objects:
+            row, col = divmod(obj.cell, CONFIG.grid)
+            top, left = row * per_cell + per_cell // 2 - 1, col * per_cell + per_cell // 2 - 1
+            block = e.patch_labels[top : top + 2, left : left + 2]
+            assert (block == CONFIG.patch_class(obj.colour, obj.shape)).all()
+        assert (e.patch_labels > 0).sum() == 4 * len(e.scene.objects)
+        assert e.patch_labels.shape == (n, n)
 
 
 def test_region_is_small_and_covers_the_evidence(test_examples: list[VQAExample]) -> None:

@@ -16,9 +16,9 @@ kind                  question                                  answer
 
 The generator knows what every patch shows, so each example carries
 
-* ``patch_labels`` (``(grid_patches, grid_patches)`` int64): the class of the object that covers most
-  of the patch (``1 + colour * n_shapes + shape``) or 0 for background; use it for an auxiliary
-  per-patch classification loss on the vision tower;
+* ``patch_labels`` (``(grid_patches, grid_patches)`` int64): the class of the object drawn in the patch
+  (``1 + colour * n_shapes + shape``) or 0 for background; use it for an auxiliary per-patch
+  classification loss on the vision tower;
 * ``region`` (sorted flat patch indices, row-major like the vision tokens): the patches that hold the
   evidence for the answer.
 
@@ -82,7 +82,10 @@ class SceneConfig:
         background: RGB value of the background.
         min_objects: Fewest shapes in a scene.
         max_objects: Most shapes in a scene (at most ``grid * grid``).
-        object_fraction: Shape size as a fraction of the cell side.
+        object_fraction: Shape size as a fraction of the cell side. The default (0.5 of a 32 px cell)
+            with ``jitter=0`` puts every shape on exactly the 2 x 2 patches at its cell's centre, so
+            each patch shows one quadrant of one shape: shape is visible locally and every object
+            covers the same number of vision tokens (which keeps counting learnable for a tiny model).
         jitter: Largest random offset (pixels) of a shape's centre from its cell's centre.
         position_names: Name of every cell, row-major; used in ``shape_at`` questions.
     """
@@ -105,17 +108,17 @@ class SceneConfig:
     background: tuple[int, int, int] = (40, 40, 40)
     min_objects: int = 2
     max_objects: int = 5
-    object_fraction: float = 0.7
-    jitter: int = 2
+    object_fraction: float = 0.5
+    jitter: int = 0
     position_names: tuple[str, ...] = (
         "top left",
-        "top",
+        "top middle",
         "top right",
-        "left",
+        "middle left",
         "center",
-        "right",
+        "middle right",
         "bottom left",
-        "bottom",
+        "bottom middle",
         "bottom right",
     )
 
@@ -196,7 +199,7 @@ class Question:
         answer: The single-word answer.
         evidence: Indices into ``Scene.objects`` of the objects the answer depends on. For a ``no``
             answer to ``exists`` these are the near misses (same colour or same shape).
-        cell: For ``shape_at`` the asked cell (its patches are the evidence), else ``None``.
+        cell: For ``shape_at`` the asked cell, else ``None``.
     """
 
     kind: str
@@ -219,9 +222,10 @@ class VQAExample:
         answer: The single-word answer.
         kind: One of :data:`QUESTION_KINDS`.
         patch_labels: ``(P, P)`` int64 class map (``P = image_size // patch_size``), 0 = background,
-            else ``SceneConfig.patch_class(colour, shape)`` of the object covering most of the patch.
-        region: Sorted flat (row-major) indices of the patches holding the evidence for the answer;
-            index ``i`` is vision token ``i`` (CLS excluded).
+            else ``SceneConfig.patch_class(colour, shape)`` of the object with the most pixels in it.
+        region: Sorted flat (row-major) indices of the patches touched by the evidence objects
+            (:attr:`Question.evidence`); index ``i`` is vision token ``i`` (CLS excluded). Empty when
+            the answer rests on an absence (``count`` = ``zero``, or ``exists`` = ``no`` with no near miss).
     """
 
     id: str
@@ -279,7 +283,7 @@ def _draw_shape(
         s = r * 0.85  # a square of the same side as the circle looks much bigger; even them out
         draw.rectangle((cx - s, cy - s, cx + s - 1, cy + s - 1), fill=fill)
     elif obj.shape == "triangle":
-        draw.polygon([(cx, cy - r), (cx + r, cy + r - 1), (cx - r, cy + r - 1)], fill=fill)
+        draw.polygon([(cx - 0.5, cy - r), (cx + r - 1, cy + r - 1), (cx - r, cy + r - 1)], fill=fill)
     elif obj.shape == "diamond":
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
     else:
@@ -293,8 +297,8 @@ def render_scene(scene: Scene, config: SceneConfig) -> tuple[Image.Image, np.nda
         image: RGB PIL image, ``image_size`` x ``image_size``.
         object_map: ``(image_size, image_size)`` int64, ``1 + index`` of the object drawn at each pixel,
             0 for background.
-        patch_objects: ``(P, P)`` int64, ``1 + index`` of the object covering most pixels of each patch
-            (ties to the lower index), 0 where background covers most of it.
+        patch_objects: ``(P, P)`` int64, ``1 + index`` of the object with the most pixels in each patch
+            (ties to the lower index), 0 where no object has a pixel.
     """
     image = Image.new("RGB", (config.image_size, config.image_size), config.background)
     ids = Image.new("L", (config.image_size, config.image_size), 0)
@@ -305,8 +309,10 @@ def render_scene(scene: Scene, config: SceneConfig) -> tuple[Image.Image, np.nda
     object_map = np.asarray(ids, dtype=np.int64)
     p, n = config.patch_size, config.patches_per_side
     blocks = object_map.reshape(n, p, n, p).transpose(0, 2, 1, 3).reshape(n, n, p * p)
-    counts = np.stack([(blocks == k).sum(-1) for k in range(len(scene.objects) + 1)], axis=-1)
-    return image, object_map, counts.argmax(-1).astype(np.int64)
+    counts = np.stack([(blocks == k).sum(-1) for k in range(1, len(scene.objects) + 1)], axis=-1)
+    if not scene.objects:
+        return image, object_map, np.zeros((n, n), dtype=np.int64)
+    return image, object_map, np.where(counts.max(-1) > 0, counts.argmax(-1) + 1, 0).astype(np.int64)
 
 
 def _touched_patches(object_map: np.ndarray, object_ids: Sequence[int], patch_size: int) -> tuple[int, ...]:
@@ -314,15 +320,6 @@ def _touched_patches(object_map: np.ndarray, object_ids: Sequence[int], patch_si
     n = object_map.shape[0] // patch_size
     hit = np.isin(object_map, list(object_ids)).reshape(n, patch_size, n, patch_size).any(axis=(1, 3))
     return tuple(int(i) for i in np.flatnonzero(hit))
-
-
-def _cell_patches(cell: int, config: SceneConfig) -> tuple[int, ...]:
-    """Flat indices of the patches inside a grid cell (any overlap)."""
-    n, cell_px, p = config.patches_per_side, config.image_size // config.grid, config.patch_size
-    row, col = divmod(cell, config.grid)
-    rows = range((row * cell_px) // p, -(-((row + 1) * cell_px) // p))
-    cols = range((col * cell_px) // p, -(-((col + 1) * cell_px) // p))
-    return tuple(r * n + c for r in rows for c in cols)
 
 
 def ask_question(
@@ -370,10 +367,7 @@ def make_example(
     """Render ``scene`` and bundle it with ``question``, its patch labels and its evidence region."""
     image, object_map, patch_objects = render_scene(scene, config)
     classes = np.array([0] + [config.patch_class(o.colour, o.shape) for o in scene.objects], dtype=np.int64)
-    if question.cell is not None:
-        region = _cell_patches(question.cell, config)
-    else:
-        region = _touched_patches(object_map, [i + 1 for i in question.evidence], config.patch_size)
+    region = _touched_patches(object_map, [i + 1 for i in question.evidence], config.patch_size)
     return VQAExample(
         id=example_id,
         split=split,
