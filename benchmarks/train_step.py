@@ -80,7 +80,7 @@ def measure(name: str, attn: str, adapter: bool, steps: int) -> dict:
     for p in model.parameters():
         p.requires_grad_(False)
     if adapter:
-        model = get_lvpruning_model(model, LVPruningConfig(keep=0.1, pruner_dim=None))
+        model = get_lvpruning_model(model, LVPruningConfig(keep=0.1, pruner_dim="paper"))
     model.train()
     embed = model.get_input_embeddings()
 

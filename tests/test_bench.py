@@ -8,6 +8,7 @@ import pytest
 
 from helpers import tiny_llava
 from lvpeft.bench import run_bench
+from lvpeft.breakdown import MODEL_STEPS, PRUNING_STEPS, format_breakdown
 from lvpeft.cli import main
 
 
@@ -31,3 +32,19 @@ def test_bench_cli_json(tmp_path, capsys) -> None:
     data = json.loads(capsys.readouterr().out)
     assert {"prefill_speedup", "flops_speedup", "kv_cache_ratio", "machine"} <= data.keys()
     assert data["setting"]["vision_tokens"] == 16 and data["setting"]["text_tokens"] == 5
+
+
+def test_breakdown_names_every_step_and_adds_up() -> None:
+    report = run_bench(tiny_llava(attn="sdpa"), keep=0.25, repeats=1, warmup=0, new_tokens=1, breakdown=True)
+    base, pruned = report.breakdown
+    assert (base.name, pruned.name) == ("base", "lvpruning")
+    for costs in (base, pruned):
+        assert list(costs.steps) == [*MODEL_STEPS, *(f"lvpruning::{s}" for s in PRUNING_STEPS), "other"]
+        assert len(costs.decoder_layers_ms) == 4 and all(ms > 0 for ms in costs.decoder_layers_ms)
+        assert costs.steps["decoder layers"] == pytest.approx(sum(costs.decoder_layers_ms))
+        assert sum(costs.steps.values()) == pytest.approx(costs.total_ms, rel=1e-6)
+        assert costs.steps["vision tower"] > 0 and costs.steps["lm head"] > 0
+    # the adapter's own steps run only when it is active (base: adapter disabled)
+    for step in ("score", "select", "repack", "layer_inputs", "restore"):
+        assert pruned.steps[f"lvpruning::{step}"] > 0 and base.steps[f"lvpruning::{step}"] == 0
+    assert "lvpruning::score" in format_breakdown(report.breakdown)

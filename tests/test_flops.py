@@ -12,6 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from lvpeft.config import LVPruningConfig, default_pruner_dim
 from lvpeft.flops import (
     FlopsReport,
     add_flops_command,
@@ -90,7 +91,7 @@ def test_paper_base_row():
 def test_paper_pruned_rows(rho):
     schedule, paper_tflops, paper_reduction = PAPER_ROWS[rho]
     report = estimate_flops(
-        llava_1_5_7b_config(), text_tokens=30, layers=PAPER_LAYERS, schedule=schedule, pruner_dim=None
+        llava_1_5_7b_config(), text_tokens=30, layers=PAPER_LAYERS, schedule=schedule, pruner_dim="paper"
     )
     assert rel_err(report.pruned_tflops, paper_tflops) < 0.03
     assert abs(report.flops_reduction - paper_reduction) < 0.015
@@ -190,11 +191,22 @@ def test_module_counts_follow_the_alive_tokens():
     report = estimate_flops(config, text_tokens=5, layers=[1], schedule=[0.5], pruner_dim=32, pruner_heads=4)
     assert report.pruned.pruner == decision_module_flops(64, 32, vision_tokens=16, text_tokens=5)
     big = llava_1_5_7b_config()
-    report = estimate_flops(big, layers=PAPER_LAYERS, schedule=[0.5, 0.3, 0.1])
+    report = estimate_flops(big, layers=PAPER_LAYERS, schedule=[0.5, 0.3, 0.1], pruner_dim="paper")
     alive = [576, 288, 173]
     expected = [decision_module_flops(4096, 4096, vision_tokens=n, text_tokens=30) / 1e12 for n in alive]
     assert report.module_tflops == pytest.approx(expected)
     assert report.pruner_dim == 4096
+
+
+def test_default_module_is_the_light_one_and_costs_under_one_percent_at_7b():
+    config = llava_1_5_7b_config()
+    report = estimate_flops(config, layers=PAPER_LAYERS, schedule=[0.5, 0.3, 0.1])
+    assert report.pruner_dim == 512 == LVPruningConfig().resolve_pruner_dim(4096)
+    assert report.pruner_tflops / report.base_tflops < 0.01
+    paper = estimate_flops(config, layers=PAPER_LAYERS, schedule=[0.5, 0.3, 0.1], pruner_dim="paper")
+    assert paper.pruner_tflops / paper.base_tflops > 0.04  # the paper's full-width modules
+    assert LVPruningConfig(pruner_dim="paper").resolve_pruner_dim(4096) == 4096
+    assert [default_pruner_dim(d) for d in (64, 128, 512, 4096, 5120)] == [64, 64, 64, 512, 640]
 
 
 # -- monotonicity ---------------------------------------------------------------------------------------
@@ -216,7 +228,7 @@ def test_smaller_pruner_and_more_text_and_images():
     sched = [0.5, 0.3, 0.1]
     costs = [
         estimate_flops(config, layers=PAPER_LAYERS, schedule=sched, pruner_dim=c).pruner_tflops
-        for c in (None, 1024, 512, 256)
+        for c in ("paper", 1024, 512, 256)
     ]
     assert costs == sorted(costs, reverse=True)
     assert costs[-1] / estimate_flops(config).base_tflops < 0.001

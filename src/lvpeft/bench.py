@@ -14,7 +14,9 @@ tokens per image, at a width and depth a CPU runs in about a minute) and one LVP
   fresh subprocess per variant (`--memory`, off by default because it reloads the model);
 - the analytic FLOPs of the same run (`lvpeft.flops`), so that `prefill_speedup` can be read against
   `flops_speedup`;
-- optionally the training-free baselines (`--baselines`) at the same positions and budget.
+- optionally the training-free baselines (`--baselines`) at the same positions and budget;
+- optionally (`--breakdown`) the milliseconds of each step of one prefill per variant: vision
+  tower, projector, decoder layers, LM head and each of lvpeft's own steps (`lvpeft.breakdown`).
 
 Reported as ratios against the base model measured in the same process, with the machine named.
 """
@@ -33,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+
+from .breakdown import StepCosts, format_breakdown, profile_prefill
 
 DEFAULT_CONFIG = dict(hidden=512, layers=8, heads=8, kv_heads=8, mlp=1376, vocab=32064, image=336, patch=14)
 
@@ -65,6 +69,7 @@ class BenchReport:
     decode_speedup: float
     generate_speedup: float
     notes: list[str] = field(default_factory=list)
+    breakdown: list[StepCosts] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -181,13 +186,14 @@ def run_bench(
     *,
     keep: float = 0.1,
     layers: list[int] | None = None,
-    pruner_dim: int | None = None,
+    pruner_dim: int | str | None = None,
     batch: int = 1,
     text_tokens: int = 30,
     new_tokens: int = 16,
     warmup: int = 2,
     repeats: int = 5,
     baselines: bool = False,
+    breakdown: bool = False,
 ) -> BenchReport:
     """Measure base vs pruned (and baselines) on `model` (see the module docstring)."""
     from .config import LVPruningConfig
@@ -220,7 +226,7 @@ def run_bench(
         for name, ctx in variants.items():
             with ctx():
                 prefill[name].append(_timed(lambda: _prefill(peft_model, inputs), device))
-    results = []
+    results, costs = [], []
     for name, ctx in variants.items():
         with ctx():
             _, cache = _prefill(peft_model, inputs)
@@ -233,6 +239,8 @@ def run_bench(
                     )
                     for _ in range(max(1, repeats // 2))
                 )
+            if breakdown:
+                costs.append(profile_prefill(peft_model, lambda: _prefill(peft_model, inputs), name))
             peak = None
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -269,7 +277,7 @@ def run_bench(
             "keep": keep,
             "layers": config.layers,
             "schedule": config.resolve_schedule(),
-            "pruner_dim": config.pruner_dim or model.config.text_config.hidden_size,
+            "pruner_dim": config.resolve_pruner_dim(model.config.text_config.hidden_size),
             "batch": batch,
             "text_tokens": text_tokens,
             "vision_tokens": int((inputs["input_ids"] == model.config.image_token_id).sum()) // batch,
@@ -298,6 +306,7 @@ def run_bench(
             "prefill = one forward over the prompt with logits_to_keep=1 (what generate() runs first)",
             "FLOPs cover the vision tower, projector, decoder, LM head and decision modules (lvpeft flops)",
         ],
+        breakdown=costs,
     )
 
 
@@ -328,6 +337,9 @@ def format_report(report: BenchReport) -> str:
         f"({100 * report.speedup_efficiency:.0f} % of it); KV cache x{report.kv_cache_ratio:.2f}; "
         f"decode x{report.decode_speedup:.2f}; generate x{report.generate_speedup:.2f}"
     )
+    if report.breakdown:
+        lines += ["", "per-step cost of one prefill (torch.profiler; lvpeft bench --breakdown):"]
+        lines.append(format_breakdown(report.breakdown))
     return "\n".join(lines)
 
 
@@ -339,7 +351,13 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     parser.add_argument("--keep", type=float, default=0.1)
     parser.add_argument("--layers", help="module positions, e.g. 1,8,16 (default: scaled to the depth)")
-    parser.add_argument("--pruner-dim", type=int, default=None, help="decision-module width (default: d)")
+    parser.add_argument(
+        "--pruner-dim",
+        type=_pruner_dim,
+        default=None,
+        help="decision-module width: an integer, 'paper' (C = d) or, by default, the light module "
+        "(d/8, >= 64)",
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--text-tokens", type=int, default=30)
     parser.add_argument("--new-tokens", type=int, default=16)
@@ -349,9 +367,21 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--baselines", action="store_true", help="also time the training-free scorers")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also profile one prefill per variant: ms per step"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=bench_command)
     return parser
+
+
+def _pruner_dim(text: str) -> int | str:
+    if text == "paper":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'paper' or an integer width, got {text!r}") from None
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -377,6 +407,7 @@ def bench_command(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         baselines=args.baselines,
+        breakdown=args.breakdown,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0

@@ -28,7 +28,8 @@ class CardFacts:
     Attributes:
         base_model: the base model's Hub id or path, if known.
         keep: final keep ratio; layers / schedule: module positions and keep ratios.
-        pruner_dim, pruner_heads, pruner_blocks, pruner_ffn_mult: the decision module.
+        pruner_dim, pruner_heads, pruner_blocks, pruner_ffn_mult: the decision module (`pruner_dim`
+            resolved to an integer when the base's width is known).
         gumbel_temperature, ratio_loss_weight: training settings.
         hidden_size: the base language model's width (None if unknown).
         model_config: the base model's config, for the FLOPs section (None if unknown).
@@ -38,7 +39,7 @@ class CardFacts:
     keep: float
     layers: list[int] | None
     schedule: list[float]
-    pruner_dim: int | None
+    pruner_dim: int | str | None
     pruner_heads: int
     pruner_blocks: int
     pruner_ffn_mult: int
@@ -54,7 +55,7 @@ def render_card_body(config: CardFacts, adapter_id: str | None = None) -> str:
     schedule = config.schedule
     layers = config.layers or ["(scaled to the model's depth)"] * len(schedule)
     rows = "\n".join(f"| {i + 1} | {p} | {r:g} |" for i, (p, r) in enumerate(zip(layers, schedule)))
-    dim = config.pruner_dim or config.hidden_size or "d"
+    dim = config.pruner_dim if isinstance(config.pruner_dim, int) else _unresolved_dim(config.pruner_dim)
     base = config.base_model or "<base model>"
     values: dict[str, Any] = {
         "base_model": base,
@@ -159,17 +160,22 @@ def _training_section(args: Any) -> str:
     )
 
 
+def _unresolved_dim(pruner_dim: str | None) -> str:
+    return "d" if pruner_dim == "paper" else "d/8 (at least 64)"
+
+
 def _parameter_count(config: CardFacts) -> str:
     if config.hidden_size is None:
         return "see adapter_model.safetensors for the"
     import torch
 
+    from .config import LVPruningConfig
     from .layer import DecisionModule
 
     d = config.hidden_size
+    sizing = LVPruningConfig(pruner_dim=config.pruner_dim, pruner_heads=config.pruner_heads)
+    dim = sizing.resolve_pruner_dim(d)
     with torch.device("meta"):
-        module = DecisionModule(
-            d, config.pruner_dim or d, config.pruner_heads, config.pruner_blocks, config.pruner_ffn_mult
-        )
+        module = DecisionModule(d, dim, config.pruner_heads, config.pruner_blocks, config.pruner_ffn_mult)
     per_module = sum(p.numel() for p in module.parameters())
     return f"{per_module * len(config.schedule):,}"

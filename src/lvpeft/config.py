@@ -18,6 +18,23 @@ from peft import PeftConfig
 from .placement import default_layers
 from .registration import PEFT_TYPE
 
+PAPER_PRUNER_DIM = "paper"
+"""`pruner_dim` value for the paper's full-width modules (C = d)."""
+LIGHT_PRUNER_MIN_DIM = 64
+"""Narrowest default module width (`default_pruner_dim`)."""
+
+
+def default_pruner_dim(hidden_size: int, heads: int = 8) -> int:
+    """The light default module width C for a language model of width `hidden_size` (d).
+
+    C = d / 8, at least 64 and at most d, rounded down to a multiple of `heads`: 512 for
+    LLaVA-1.5-7B (d = 4096), where the three modules then cost 0.13 % of a prefill's FLOPs (the
+    paper's C = d: 4.3 %); 64 for lvpeft's tiny demo model (d = 128), where it matched the paper's
+    width in accuracy (see the README's demo section).
+    """
+    dim = min(hidden_size, max(LIGHT_PRUNER_MIN_DIM, hidden_size // 8))
+    return max(heads, dim - dim % heads)
+
 
 def _fail(name: str, value: object, valid: str) -> None:
     raise ValueError(f"LVPruningConfig.{name} must be {valid}, got {value!r}.")
@@ -67,11 +84,13 @@ class LVPruningConfig(PeftConfig):
         default=0.2,
         metadata={"help": "Difference between consecutive keep ratios of the default schedule (paper: 0.2)."},
     )
-    pruner_dim: int | None = field(
+    pruner_dim: int | str | None = field(
         default=None,
         metadata={
-            "help": "Inner width C of the decision modules. None uses the language model's hidden size, as "
-            "the paper does (~0.8B parameters for LLaVA-1.5-7B); a small C is a down-projected module."
+            "help": "Inner width C of the decision modules (queries, keys and values are projected to it). "
+            "None: the light default d/8 (at least 64, at most d; 512 for a 7B model, 0.13 % of its FLOPs); "
+            "'paper': C = d as in the paper (~0.8B parameters, 4.3 % of the FLOPs for LLaVA-1.5-7B); "
+            "or an integer."
         },
     )
     pruner_heads: int = field(
@@ -154,7 +173,9 @@ class LVPruningConfig(PeftConfig):
             keep=self.keep,
             layers=self.layers,
             schedule=self.resolve_schedule(),
-            pruner_dim=self.pruner_dim,
+            pruner_dim=self.resolve_pruner_dim(self.base_text_hidden_size)
+            if self.base_text_hidden_size
+            else self.pruner_dim,
             pruner_heads=self.pruner_heads,
             pruner_blocks=self.pruner_blocks,
             pruner_ffn_mult=self.pruner_ffn_mult,
@@ -193,11 +214,12 @@ class LVPruningConfig(PeftConfig):
             if not math.isclose(sched[-1], self.keep, abs_tol=1e-9):
                 _fail("keep_schedule", sched, f"a schedule ending at keep={self.keep}")
             self.num_modules = len(sched)
-        if self.pruner_dim is not None and (not _is_int(self.pruner_dim) or self.pruner_dim < 1):
-            _fail("pruner_dim", self.pruner_dim, "None or an integer >= 1")
+        dim = self.pruner_dim
+        if dim is not None and dim != PAPER_PRUNER_DIM and (not _is_int(dim) or dim < 1):
+            _fail("pruner_dim", dim, f"None, {PAPER_PRUNER_DIM!r} or an integer >= 1")
         if not _is_int(self.pruner_heads) or self.pruner_heads < 1:
             _fail("pruner_heads", self.pruner_heads, "an integer >= 1")
-        if self.pruner_dim is not None and self.pruner_dim % self.pruner_heads:
+        if _is_int(dim) and dim % self.pruner_heads:
             _fail("pruner_dim", self.pruner_dim, f"divisible by pruner_heads={self.pruner_heads}")
         if not _is_int(self.pruner_blocks) or self.pruner_blocks < 1:
             _fail("pruner_blocks", self.pruner_blocks, "an integer >= 1")
@@ -236,6 +258,14 @@ class LVPruningConfig(PeftConfig):
                 )
             return list(self.layers)
         return default_layers(num_layers, self.num_modules)
+
+    def resolve_pruner_dim(self, hidden_size: int) -> int:
+        """The decision modules' width C for a language model of width `hidden_size`."""
+        if self.pruner_dim is None:
+            return default_pruner_dim(hidden_size, self.pruner_heads)
+        if self.pruner_dim == PAPER_PRUNER_DIM:
+            return hidden_size
+        return int(self.pruner_dim)
 
     def resolve_schedule(self) -> list[float]:
         """Keep ratio after each module, relative to the original number of vision tokens."""

@@ -58,6 +58,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, LlavaConfig, PreTrainedConfig
 
+from .config import PAPER_PRUNER_DIM, default_pruner_dim
 from .decisions import keep_counts
 from .placement import default_layers
 
@@ -314,7 +315,7 @@ def estimate_flops(
     text_tokens: int = 30,
     layers: Sequence[int] | None = None,
     schedule: Sequence[float] | None = None,
-    pruner_dim: int | None = None,
+    pruner_dim: int | str | None = None,
     pruner_heads: int = 8,
     pruner_blocks: int = 2,
     pruner_ffn_mult: int = 2,
@@ -330,7 +331,8 @@ def estimate_flops(
             None with a `schedule` uses the adapter's default placement (`lvpeft.placement`).
         schedule: keep ratio after each module relative to the original vision-token count,
             non-increasing, in (0, 1] (paper, rho = 0.5: [0.5, 0.3, 0.1]). None: no pruning.
-        pruner_dim: C, the modules' inner width; None means C = d (the paper).
+        pruner_dim: C, the modules' inner width: an integer, "paper" (C = d) or None (lvpeft's light
+            default, `lvpeft.config.default_pruner_dim`).
         pruner_heads: heads per block (only checked: C must be divisible by it).
         pruner_blocks: cross-attention blocks per module.
         pruner_ffn_mult: FFN expansion of each block.
@@ -346,9 +348,13 @@ def estimate_flops(
     _check_positive_int("pruner_heads", pruner_heads)
     _check_positive_int("pruner_blocks", pruner_blocks)
     _check_positive_int("pruner_ffn_mult", pruner_ffn_mult)
-    if pruner_dim is not None:
+    if pruner_dim is None:
+        dim = default_pruner_dim(tc.hidden_size, pruner_heads)
+    elif pruner_dim == PAPER_PRUNER_DIM:
+        dim = tc.hidden_size
+    else:
         _check_positive_int("pruner_dim", pruner_dim)
-    dim = pruner_dim or tc.hidden_size
+        dim = pruner_dim
     if dim % pruner_heads:
         raise ValueError(f"pruner_dim={dim} must be divisible by pruner_heads={pruner_heads}.")
     num_layers = tc.num_hidden_layers
@@ -435,13 +441,17 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _pruner(text: str) -> int | None:
-    if text == "paper":
+def _pruner(text: str) -> int | str | None:
+    if text == PAPER_PRUNER_DIM:
+        return text
+    if text == "default":
         return None
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'paper' or an integer width, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 'paper', 'default' or an integer width, got {text!r}"
+        ) from None
 
 
 def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -467,7 +477,11 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
         "--keep", type=float, default=None, help="final keep ratio; paper schedule keep+0.4, keep+0.2, keep"
     )
     parser.add_argument(
-        "--pruner", type=_pruner, default=None, help="module width: 'paper' (C = d, default) or an integer C"
+        "--pruner",
+        type=_pruner,
+        default=None,
+        help="module width: 'default' (lvpeft's light module, d/8 but at least 64), 'paper' (C = d) or an "
+        "integer C",
     )
     parser.add_argument("--text-tokens", type=int, default=30, help="language tokens T (default 30)")
     parser.add_argument("--images", type=int, default=1, help="images in the prompt (default 1)")

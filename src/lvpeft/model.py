@@ -62,11 +62,12 @@ class LVPruningModel(BaseTuner):
         config.base_text_hidden_size = parts.hidden_size
         config.base_text_num_layers = parts.num_layers
         config._base_model_config = getattr(model, "config", None)  # for the model card; not serialised
-        dim = config.pruner_dim or parts.hidden_size
+        dim = config.resolve_pruner_dim(parts.hidden_size)
         if dim % config.pruner_heads:
             raise ValueError(
                 f"LVPruningConfig.pruner_heads={config.pruner_heads} must divide the module width {dim} "
-                f"(pruner_dim=None uses the language model's hidden size {parts.hidden_size})."
+                f"(pruner_dim={config.pruner_dim!r} with the language model's hidden size "
+                f"{parts.hidden_size})."
             )
         for p in positions:
             layer = parts.layers[p]

@@ -20,6 +20,10 @@ gets a new cache, can reuse nothing stale. Decoding then only needs the attentio
 pruned layers rebuilt over the kept positions; layer 0 is never pruned, so the cache's
 `get_seq_length()` (read from layer 0) and hence the decode positions stay right.
 
+Every step runs under a `torch.profiler.record_function` label (`lvpruning::setup`, `::score`,
+`::select`, `::repack`, `::layer_inputs`, `::restore`), so it shows by name in profiler traces and in
+`lvpeft bench --breakdown` (`lvpeft.breakdown`).
+
 Shapes: B batch, L slots, d hidden size, q new tokens at a decode step, K key slots.
 """
 
@@ -33,6 +37,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from .architecture import LlavaParts
 from .decisions import gumbel_keep, keep_counts, ratio_loss, select_top_k
@@ -201,6 +206,10 @@ class TokenPruner:
     # -- hooks ------------------------------------------------------------------------------------
 
     def _on_backbone(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        with record_function("lvpruning::setup"):
+            self._begin_forward(module, args, kwargs)
+
+    def _begin_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._ctx = None
         plan = self.plan_provider()
         if plan is None:
@@ -300,7 +309,8 @@ class TokenPruner:
                 hidden, rest = kwargs.pop("hidden_states"), ()
             if not ctx.decode and stage not in ctx.stage_keys:
                 hidden = self._apply_module(ctx, stage, hidden, kwargs, module)
-            kwargs.update(self._stage_kwargs(ctx, stage, index, kwargs, hidden.dtype))
+            with record_function("lvpruning::layer_inputs"):
+                kwargs.update(self._stage_kwargs(ctx, stage, index, kwargs, hidden.dtype))
             return (hidden, *rest), kwargs
 
         return hook
@@ -318,9 +328,10 @@ class TokenPruner:
         if not ctx.removed:
             return None
         hidden = output.last_hidden_state  # (B, L', d)
-        output.last_hidden_state = scatter_slots(
-            hidden, ctx.positions.clamp(min=0), ctx.valid, ctx.input_length
-        )
+        with record_function("lvpruning::restore"):
+            output.last_hidden_state = scatter_slots(
+                hidden, ctx.positions.clamp(min=0), ctx.valid, ctx.input_length
+            )
         return output
 
     # -- the decision at a module -----------------------------------------------------------------
@@ -336,7 +347,8 @@ class TokenPruner:
         if rope is not None and ctx.removed:
             rope = tuple(gather_slots(t, ctx.positions.clamp(min=0)) for t in rope)
         context = ScoringContext(hidden, candidates, language, ctx.valid, ctx.positions, keep, layer, rope)
-        logits = plan.scorers[stage](context)  # (B, L, 2)
+        with record_function("lvpruning::score"):
+            logits = plan.scorers[stage](context)  # (B, L, 2)
         has_vision = ctx.num_vision > 0
         if plan.training:
             decision = gumbel_keep(logits, plan.temperature) * candidates  # (B, L) hard, straight-through
@@ -345,17 +357,19 @@ class TokenPruner:
             ctx.keep_ratios.append(_mean_ratio(ctx.soft_keep.detach().sum(1), ctx.num_vision, has_vision))
             ctx.stage_keys[stage] = StageKeys(ctx.positions, ctx.valid)
             return hidden
-        scores = logits[..., 0] - logits[..., 1]
-        kept = select_top_k(scores, candidates, keep)  # (B, L)
+        with record_function("lvpruning::select"):
+            scores = logits[..., 0] - logits[..., 1]
+            kept = select_top_k(scores, candidates, keep)  # (B, L)
         ctx.keep_ratios.append(_mean_ratio(kept.sum(1), ctx.num_vision, has_vision))
         if plan.mode is PruneMode.MASK:
             ctx.alive = kept
             ctx.stage_keys[stage] = StageKeys(ctx.positions, language | kept)
             return hidden
-        index, valid = pack(language | kept)  # (B, L') left-padded
-        hidden = gather_slots(hidden, index)
-        ctx.positions = torch.where(valid, gather_slots(ctx.positions, index), -1)
-        ctx.is_vision = gather_slots(ctx.is_vision, index) & valid
+        with record_function("lvpruning::repack"):
+            index, valid = pack(language | kept)  # (B, L') left-padded
+            hidden = gather_slots(hidden, index)
+            ctx.positions = torch.where(valid, gather_slots(ctx.positions, index), -1)
+            ctx.is_vision = gather_slots(ctx.is_vision, index) & valid
         ctx.alive = ctx.is_vision
         ctx.valid = valid
         ctx.removed = True

@@ -58,7 +58,13 @@ class TrainCommandArguments:
     layers: str | None = field(
         default=None, metadata={"help": "Module positions, e.g. '1,8,16' (default: scaled to the depth)."}
     )
-    pruner_dim: int | None = field(default=None, metadata={"help": "Decision-module width C (default: d)."})
+    pruner_dim: str | None = field(
+        default=None,
+        metadata={
+            "help": "Decision-module width C: an integer, 'paper' (C = d) or, by default, the light module "
+            "(d/8, at least 64)."
+        },
+    )
     ratio_loss_weight: float = field(default=2.0, metadata={"help": "lambda_ratio."})
     distill_weight: float = field(
         default=0.0, metadata={"help": "Weight of KL(unpruned || pruned); 0 = off."}
@@ -149,7 +155,7 @@ def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     config = LVPruningConfig(
         keep=ours.keep,
         layers=layers,
-        pruner_dim=ours.pruner_dim,
+        pruner_dim=int(ours.pruner_dim) if (ours.pruner_dim or "").isdigit() else ours.pruner_dim,
         ratio_loss_weight=ours.ratio_loss_weight,
         distill_weight=ours.distill_weight,
         base_model_name_or_path=ours.model,
