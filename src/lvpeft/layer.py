@@ -88,16 +88,19 @@ class DecisionModule(nn.Module):
             language_mask: (B, T) bool, True where `language` holds a real token.
 
         Returns:
-            (B, Nv, 2) float32 logits gamma = (keep, drop).
+            (B, Nv, 2) float32 logits gamma = (keep, drop), on the device of `vision`.
         """
-        dtype = self.head.weight.dtype
+        # The module lives on its decoder layer's device; lvpeft's pre-hook runs before accelerate moves
+        # the layer's inputs there, so the hidden states may still be on the previous layer's device.
+        weight = self.head.weight
         # A row with no language token at all would make the softmax NaN; let it attend to its padding
         # (its scores are never used) so that nothing non-finite can leak into a batch reduction.
+        language_mask = language_mask.to(weight.device)
         language_mask = language_mask | ~language_mask.any(dim=-1, keepdim=True)
-        x, keys = vision.to(dtype), language.to(dtype)
+        x, keys = vision.to(weight.device, weight.dtype), language.to(weight.device, weight.dtype)
         for block in self.blocks:
             x = block(x, keys, language_mask)
-        return self.head(x).float()
+        return self.head(x).float().to(vision.device)
 
 
 class DecisionLayer(nn.Module, BaseTunerLayer):

@@ -7,8 +7,10 @@ files (`adapter_model.bin`) are refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from huggingface_hub import hf_hub_download
@@ -94,6 +96,27 @@ def check_adapter_weights(adapter_id: str, **hub_kwargs: Any) -> str:
     return path
 
 
+@contextlib.contextmanager
+def dispatch_kept(model: nn.Module) -> Iterator[None]:
+    """Keep accelerate's dispatch of an offloaded base model while PEFT attaches an adapter to it.
+
+    For a base whose `hf_device_map` holds "cpu" or "disk", `PeftModel.from_pretrained` removes
+    accelerate's hooks and re-dispatches the model, rewriting its disk-offloaded weights under new names,
+    which fails for LLaVA checkpoints (a KeyError in peft's `_update_offload`). LVPruning changes no base
+    weight, so the existing dispatch stays valid: PEFT is shown the model without its device map (the
+    decision modules still go to each decoder layer's execution device) and the map is put back after.
+    """
+    device_map = getattr(model, "hf_device_map", None)
+    if not isinstance(device_map, dict) or not {"cpu", "disk"} & set(map(str, device_map.values())):
+        yield
+        return
+    del model.hf_device_map
+    try:
+        yield
+    finally:
+        model.hf_device_map = device_map
+
+
 def from_pretrained(
     adapter_id: str,
     *,
@@ -137,9 +160,10 @@ def from_pretrained(
         base_model = AutoModelForImageTextToText.from_pretrained(
             config.base_model_name_or_path, use_safetensors=True, **hub_kwargs, **base_kwargs
         )
-    model = LVPruningPeftModel.from_pretrained(
-        base_model, adapter_id, adapter_name=adapter_name, is_trainable=is_trainable, **hub_kwargs
-    )
+    with dispatch_kept(base_model):
+        model = LVPruningPeftModel.from_pretrained(
+            base_model, adapter_id, adapter_name=adapter_name, is_trainable=is_trainable, **hub_kwargs
+        )
     if keep is not None:
         lvpruning_tuner(model).set_keep(keep, adapter_name)
     return model

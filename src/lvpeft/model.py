@@ -21,6 +21,7 @@ from torch import nn
 
 from .architecture import check_attention, find_llava_parts
 from .config import LVPruningConfig
+from .devices import check_offload, layer_placement
 from .layer import DecisionLayer, DecisionModule
 from .pruning import PruneMode, PruningPlan, PruningStats, TokenPruner
 from .registration import METHOD_NAME, PEFT_TYPE, PREFIX
@@ -69,17 +70,19 @@ class LVPruningModel(BaseTuner):
                 f"(pruner_dim={config.pruner_dim!r} with the language model's hidden size "
                 f"{parts.hidden_size})."
             )
+        check_offload(model, {p: parts.layers[p] for p in positions})
         for p in positions:
             layer = parts.layers[p]
+            # where the layer computes (accelerate's execution device if offloaded), in its dtype; PEFT
+            # then upcasts fp16/bf16 modules to float32 unless autocast_adapter_dtype=False
+            device, dtype = layer_placement(layer)
             holder = getattr(layer, HOLDER_NAME, None)
             if holder is None:
                 holder = DecisionLayer()
                 layer.add_module(HOLDER_NAME, holder)
-            reference = next(layer.parameters())
-            device = reference.device if reference.device.type != "meta" else None
             module = DecisionModule(
                 parts.hidden_size, dim, config.pruner_heads, config.pruner_blocks, config.pruner_ffn_mult
-            ).to(device=device)
+            ).to(device=device, dtype=dtype)
             holder.update_layer(adapter_name, module)
             holder.set_adapter(self.active_adapters)
             self.targeted_module_names.append(f"{_module_name(model, layer)}.{HOLDER_NAME}")

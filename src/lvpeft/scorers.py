@@ -66,12 +66,16 @@ class LearnedScorer:
         self.module = module
 
     def __call__(self, context: ScoringContext) -> torch.Tensor:
-        """Pack candidates and language tokens per row, score, and scatter back to slots."""
+        """Pack candidates and language tokens per row, score, and scatter back to slots.
+
+        The logits come back on the device of the pruning state (`context.candidates`), wherever the
+        hidden states and the module are.
+        """
         hidden = context.hidden
         v_index, v_valid = pack(context.candidates)  # (B, Nv)
         t_index, t_valid = pack(context.language)  # (B, T)
         logits = self.module(gather_slots(hidden, v_index), gather_slots(hidden, t_index), t_valid)
-        return scatter_slots(logits, v_index, v_valid, hidden.shape[1])
+        return scatter_slots(logits, v_index, v_valid, hidden.shape[1]).to(context.candidates.device)
 
 
 class RandomScorer:

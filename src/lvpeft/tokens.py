@@ -31,7 +31,8 @@ def pack(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gather_slots(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Gather along dim 1: x (B or 1, L, *rest) and index (B, K) -> (B, K, *rest)."""
+    """Gather along dim 1: x (B or 1, L, *rest) and index (B, K) -> (B, K, *rest), on x's device."""
+    index = index.to(x.device)  # x may sit on another device of a multi-device model
     if x.shape[0] != index.shape[0]:
         x = x.expand(index.shape[0], *x.shape[1:])
     if x.dim() == 2:
@@ -44,6 +45,7 @@ def scatter_slots(
     values: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, length: int
 ) -> torch.Tensor:
     """Inverse of `gather_slots` on valid slots: (B, K, *rest) -> (B, length, *rest), zeros elsewhere."""
+    index, valid = index.to(values.device), valid.to(values.device)
     out = values.new_zeros(values.shape[0], length, *values.shape[2:])
     values = values * valid.view(*valid.shape, *([1] * (values.dim() - 2))).to(values.dtype)
     # padding columns point at slot 0; add (not copy) so they contribute zeros instead of overwriting
