@@ -39,11 +39,13 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from lvpeft.data.scenes import Question, SceneConfig, VQAExample, ask_question, iter_split, make_split
 from lvpeft.tiny_model import (
+    NUM_IMAGE_TOKENS,
     SHIPPED_BASE_DIR,
     build_processor,
     build_tiny_config,
     build_tiny_llava,
     generate_answers,
+    load_shipped_base,
 )
 
 
@@ -71,6 +73,24 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--stop-at", type=float, default=0.985, help="stop when validation accuracy reaches it")
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--init-from", type=Path, default=None, help="start from this saved model + processor")
+    p.add_argument(
+        "--token-dropout",
+        type=float,
+        default=0.0,
+        help="share of training batches whose decoder sees only a random subset of the vision tokens",
+    )
+    p.add_argument("--min-keep", type=float, default=0.05, help="smallest share of vision tokens kept then")
+    p.add_argument(
+        "--keep-objects",
+        action="store_true",
+        help="token dropout drops background patches only (every object stays, so every answer stays right)",
+    )
+    p.add_argument(
+        "--question-first",
+        action="store_true",
+        help="prompt 'USER: {question}\\n<image> ASSISTANT:' (default: the image first, as LLaVA-1.5)",
+    )
     p.add_argument("--out", type=Path, default=SHIPPED_BASE_DIR)
     p.add_argument("--no-save", action="store_true")
     return p.parse_args()
@@ -119,14 +139,69 @@ class Batch:
         self.patch_labels = torch.stack([torch.from_numpy(e.patch_labels.reshape(-1)) for e in examples])
 
 
-def answer_loss(model: LlavaForConditionalGeneration, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy on answer words and their ``</s>``; and first-answer accuracy ``(B,)``."""
+class VisionTokenDropout:
+    """Show the decoder only ``k`` of each image's vision tokens (a random subset per row), at their
+    original positions; every other token stays. A forward pre-hook on the language model gathers the
+    kept slots of ``inputs_embeds`` (image features already merged), ``attention_mask`` and
+    ``position_ids``, so the decoder sees a shorter sequence, as after pruning, from its first layer on.
+
+    Attributes:
+        index: ``(B, T')`` slots kept in the current forward (None: everything).
+    """
+
+    def __init__(self, model: LlavaForConditionalGeneration) -> None:
+        self.index: torch.Tensor | None = None
+        model.model.language_model.register_forward_pre_hook(self._gather, with_kwargs=True)
+
+    def choose(
+        self,
+        ids: torch.Tensor,
+        image_token: int,
+        keep: int,
+        generator: torch.Generator,
+        protect: torch.Tensor | None = None,
+    ) -> None:
+        """Keep every non-image slot of ``ids`` ``(B, T)`` and ``keep`` random image slots per row,
+        the image slots marked in ``protect`` ``(B, 144)`` (patch order) first."""
+        image = ids == image_token
+        score = torch.rand(ids.shape, generator=generator).masked_fill(~image, -1.0)
+        if protect is not None:
+            score[image] += 2.0 * protect.reshape(-1).float()
+        chosen = torch.zeros_like(image).scatter(1, score.topk(keep, dim=1).indices, True) & image
+        kept = ~image | chosen  # every row keeps the same number of slots (all rows have 144 image slots)
+        order = torch.argsort(kept.int(), dim=1, descending=True, stable=True)[:, : int(kept[0].sum())]
+        self.index = order.sort(dim=1).values  # (B, T')
+
+    def _gather(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if self.index is None:
+            return None
+        index = self.index
+        embeds = kwargs["inputs_embeds"]
+        kwargs["inputs_embeds"] = embeds.gather(1, index[..., None].expand(-1, -1, embeds.shape[-1]))
+        if kwargs.get("attention_mask") is not None:
+            kwargs["attention_mask"] = kwargs["attention_mask"].gather(1, index)
+        kwargs["position_ids"] = index  # original positions (left padding: as the unpruned forward)
+        return args, kwargs
+
+
+def answer_loss(
+    model: LlavaForConditionalGeneration, batch: Batch, dropout: VisionTokenDropout | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy on answer words and their ``</s>``; and first-answer accuracy ``(B,)``.
+
+    With ``dropout.index`` set, the logits cover only the kept slots; labels and answer positions are
+    gathered the same way (answers and the token before each are text, always kept).
+    """
+    labels, first_answer = batch.labels, batch.first_answer
+    if dropout is not None and dropout.index is not None:
+        labels = labels.gather(1, dropout.index)
+        first_answer = (dropout.index < first_answer[:, None]).sum(dim=1)
     logits = model(**batch.inputs).logits[:, :-1]  # position t predicts token t + 1: (B, T - 1, V)
-    targets = batch.labels[:, 1:]  # (B, T - 1)
+    targets = labels[:, 1:]  # (B, T - 1)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
     rows = torch.arange(len(targets))
-    predicted = logits[rows, batch.first_answer - 1].argmax(-1)  # (B,)
-    correct = (predicted == batch.labels[rows, batch.first_answer]).float()
+    predicted = logits[rows, first_answer - 1].argmax(-1)  # (B,)
+    correct = (predicted == labels[rows, first_answer]).float()
     return loss, correct
 
 
@@ -305,7 +380,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.time()
     scene_config = SceneConfig()
-    processor = build_processor(scene_config)
+    processor = build_processor(scene_config, question_first=args.question_first)
     config = build_tiny_config(
         vocab_size=len(processor.tokenizer),
         vision_hidden=args.vision_hidden,
@@ -313,7 +388,14 @@ def main() -> None:
         text_hidden=args.text_hidden,
         text_layers=args.text_layers,
     )
-    model = build_tiny_llava(args.seed, config).train()
+    if args.init_from is not None:  # a second stage: the model and its processor as saved
+        model, processor = load_shipped_base(args.init_from)
+        model.train()
+    else:
+        model = build_tiny_llava(args.seed, config).train()
+    dropout = VisionTokenDropout(model) if args.token_dropout > 0 else None
+    dropout_rng = np.random.default_rng([args.seed, 99])
+    dropout_generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     probe = PatchProbe(model, scene_config, cells=not args.no_cell_aux)
     params = [*model.parameters(), *probe.parameters()]
@@ -337,7 +419,19 @@ def main() -> None:
         batch = Batch(
             processor, examples, [extra_turns(e, args.turns - 1, rng, scene_config) for e in examples]
         )
-        lm_loss, correct = answer_loss(model, batch)
+        if dropout is not None:
+            dropout.index = None
+            if dropout_rng.random() < args.token_dropout:
+                keep = max(1, round(NUM_IMAGE_TOKENS * dropout_rng.uniform(args.min_keep, 1.0)))
+                protect = batch.patch_labels != 0 if args.keep_objects else None
+                if protect is not None:  # every answer stays visible: all objects, some background
+                    objects = int(protect.sum(dim=1).max())
+                    keep = objects + round((NUM_IMAGE_TOKENS - objects) * (keep / NUM_IMAGE_TOKENS))
+                image_token = model.config.image_token_id
+                dropout.choose(batch.inputs["input_ids"], image_token, keep, dropout_generator, protect)
+        lm_loss, correct = answer_loss(model, batch, dropout)
+        if dropout is not None:
+            dropout.index = None
         aux_loss, patch_acc = probe.loss(batch.patch_labels)
         loss = lm_loss + args.aux_weight * aux_loss
         optimizer.zero_grad(set_to_none=True)
@@ -387,21 +481,59 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "args": {k: str(v) for k, v in vars(args).items()},
     }
+    if args.init_from is not None and (args.init_from / "training_record.json").is_file():
+        record["stage1"] = json.loads((args.init_from / "training_record.json").read_text())
     (args.out / "training_record.json").write_text(json.dumps(record, indent=1))
     write_readme(args.out, record)
     size_mb = sum(f.stat().st_size for f in args.out.iterdir() if f.is_file()) / 1e6
     print(f"saved to {args.out} ({size_mb:.1f} MB)", flush=True)
 
 
-def write_readme(out: Path, record: dict) -> None:
-    """Write ``out/README.md``: how the saved model was made, from the training record."""
-    a = record["args"]
-    weights_mb = (out / "model.safetensors").stat().st_size / 1e6
-    per_kind = ", ".join(f"{k} {v:.1%}" for k, v in record["test_accuracy_per_kind"].items())
+def _flags(args: dict[str, str], out: str) -> str:
+    """The command-line flags that reproduce a run (defaults included, `--out` as given)."""
     flags = " ".join(
         f"--{k.replace('_', '-')}" + ("" if v == "True" else f" {v}")
-        for k, v in a.items()
-        if k not in ("out", "no_save") and v != "False"
+        for k, v in args.items()
+        if k not in ("out", "no_save", "init_from") and v not in ("False", "None")
+    )
+    return f"{flags} --out {out}"
+
+
+def write_readme(out: Path, record: dict) -> None:
+    """Write ``out/README.md``: how the saved model was made, from the training record(s)."""
+    a = record["args"]
+    stage1 = record.get("stage1")
+    first = stage1["args"] if stage1 else a
+    weights_mb = (out / "model.safetensors").stat().st_size / 1e6
+    per_kind = ", ".join(f"{k} {v:.1%}" for k, v in record["test_accuracy_per_kind"].items())
+    prompt = (
+        "USER: {{question}}\\n<image> ASSISTANT:"
+        if a["question_first"] == "True"
+        else ("USER: <image>\\n{{question}} ASSISTANT:")
+    )
+    if stage1:
+        commands = (
+            f"python scripts/train_base_model.py {_flags(first, 'stage1')}\n"
+            f"python scripts/train_base_model.py {_flags(a, str(out.name))} --init-from stage1"
+        )
+        minutes = f"{stage1['train_minutes']} + {record['train_minutes']}"
+        steps = f"{stage1['steps']} + {record['steps']}"
+    else:
+        commands = f"python scripts/train_base_model.py {_flags(a, str(out.name))}"
+        minutes, steps = record["train_minutes"], record["steps"]
+    stage2 = (
+        f"""
+3. Stage 2, robustness to shorter sequences ({record["steps"]} steps from the stage-1 model, lr {a["lr"]},
+   {a["warmup"]} warm-up steps, cosine): in {float(a["token_dropout"]):.0%} of the batches the decoder sees
+   only a random subset of each image's vision tokens (between {float(a["min_keep"]):.0%} and 100 %, at their
+   original positions, from its first layer on). Real LLaVA models meet images at many resolutions and
+   token counts; a tiny model trained on exactly 144 tokens per image answers worse on ANY shorter
+   sequence, even one that still holds the answer's evidence, which would blur what a pruning method
+   chooses. After this stage the model still needs the evidence (random tokens do not hold it), but no
+   longer all 144 tokens. Stage-1 test accuracy: {stage1["test_accuracy"]:.1%}.
+"""
+        if stage1
+        else ""
     )
     text = f"""# Tiny LLaVA: lvpeft's embedded base model
 
@@ -411,16 +543,17 @@ A `transformers.LlavaForConditionalGeneration` with the classes LLaVA-1.5 uses (
 
 | | |
 |---|---|
-| vision tower | `CLIPVisionModel`, {a["vision_layers"]} layers x {a["vision_hidden"]}, 96 px, patch 8 |
+| vision tower | `CLIPVisionModel`, {first["vision_layers"]} layers x {first["vision_hidden"]}, \
+96 px, patch 8 |
 | vision tokens | 144 per image (`vision_feature_select_strategy="default"` drops CLS) |
-| decoder | `LlamaForCausalLM`, {a["text_layers"]} layers x {a["text_hidden"]}, word-level vocabulary |
+| decoder | `LlamaForCausalLM`, {first["text_layers"]} layers x {first["text_hidden"]}, \
+word-level vocabulary |
 | parameters | {record["parameters"] / 1e6:.2f} M, float32 (`model.safetensors`, {weights_mb:.1f} MB) |
-| prompt | `USER: <image>\\n{{question}} ASSISTANT:` (the processor's chat template) |
+| prompt | `{prompt}` (the processor's chat template) |
 | test accuracy | **{record["test_accuracy"]:.1%}** exact match, greedy `generate()`, \
 {record["test_examples"]} test-split questions (seed {record["seed"]}) |
 | per kind | {per_kind} |
-| training time | {record["train_minutes"]} min training, {record["total_minutes"]} min in all, \
-{record["threads"]} CPU thread, {record["steps"]} steps |
+| training time | {minutes} min, {record["threads"]} CPU thread, {steps} steps |
 | made with | torch {record["versions"]["torch"]}, transformers {record["versions"]["transformers"]} |
 
 Load it with `lvpeft.tiny_model.load_shipped_base()` (safetensors only).
@@ -428,21 +561,26 @@ Load it with `lvpeft.tiny_model.load_shipped_base()` (safetensors only).
 ## How it was made
 
 ```
-python scripts/train_base_model.py {flags}
+{commands}
 ```
 
-1. Vision warm start ({a["vision_steps"]} steps): the vision tower alone learns per-patch linear heads
+1. Vision warm start ({first["vision_steps"]} steps): the vision tower alone learns per-patch linear heads
    (colour, shape, grid row, grid column of every patch, from the generator's label map;
    colour/shape class-balanced between object and background patches).
 2. Joint training: next-token loss on the answer words (and their `</s>`) only, plus the same
-   per-patch loss (weight {a["aux_weight"]}). Each training image carries {a["turns"]} question-answer
-   turns (`USER: <image>\\n q1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>...`); the first turn has
-   exactly the inference format. AdamW (lr {a["lr"]}, betas 0.9/0.98, weight decay {a["weight_decay"]}),
-   {a["warmup"]} warm-up steps, cosine decay, batch {a["batch_size"]}, grad-norm clip 1.0. Training
-   scenes stream from the train split (never repeated); the run stops after {a["steps"]} steps or when
-   teacher-forced validation accuracy reaches {a["stop_at"]}.
+   per-patch loss (weight {first["aux_weight"]}). Each training image carries {first["turns"]} question-answer
+   turns; the first turn has exactly the inference format. AdamW (lr {first["lr"]}, betas 0.9/0.98, weight
+   decay {first["weight_decay"]}), {first["warmup"]} warm-up steps, cosine decay, batch {first["batch_size"]},
+   grad-norm clip 1.0. Training scenes stream from the train split (never repeated); the run stops after
+   {first["steps"]} steps or when teacher-forced validation accuracy reaches {first["stop_at"]}.
+{stage2}
+The prompt puts the question before the image. With the image first, the question's own tokens read
+the image in the decoder's first layer, which no pruning module can precede (modules sit before
+layers 1, 2, 3 of 4): every later layer then gets the answer from the text tokens, and which image
+tokens survive hardly matters. In a 32-layer LLaVA-1.5 this shortcut is a small part of the
+computation; in a 4-layer model it is most of it.
 
-The per-patch heads are not part of the saved model. The run is a deterministic function of the
+The per-patch heads are not part of the saved model. Each run is a deterministic function of the
 seed on one CPU thread with the versions above (other CPUs or builds may differ in the last bits).
 `training_record.json` holds the numbers above.
 """

@@ -454,6 +454,12 @@ def test_sft_trainer_with_assistant_only_loss_trains_only_the_answers(data_dir: 
     assert kept.column_names == ["images", "messages"]
     check_batch(collator([kept[i] for i in range(len(rows))]), processor, rows)  # mixed batch
     check_batch(collator([kept[1]]), processor, [MULTI])  # multi-turn alone (no padding)
+    # each turn keeps its row's order: MULTI asks before its image, TWO_IMAGES' second turn too
+    multi = processor.tokenizer.convert_ids_to_tokens(collator([kept[1]])["input_ids"][0].tolist())
+    assert multi.index("colour") < multi.index("<image>")
+    two = processor.tokenizer.convert_ids_to_tokens(collator([kept[2]])["input_ids"][0].tolist())
+    last_image = len(two) - 1 - two[::-1].index("<image>")
+    assert two.index("<image>") < two.index("what") and two.index("this") < last_image
 
     # the batch the training loop actually sees (shuffled, so compare the label strings as a multiset)
     batch = next(iter(trainer.get_train_dataloader()))

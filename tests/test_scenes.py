@@ -186,6 +186,12 @@ def test_export_round_trip_is_llava_json(tmp_path, test_examples: list[VQAExampl
         assert np.array_equal(np.asarray(Image.open(image_file).convert("RGB")), np.asarray(e.image))
 
 
+def test_export_puts_the_question_first_on_request(tmp_path, test_examples: list[VQAExample]) -> None:
+    path = export_llava_json(test_examples[:2], tmp_path / "export", question_first=True)
+    for record, e in zip(json.loads(path.read_text()), test_examples[:2], strict=True):
+        assert record["conversations"][0] == {"from": "human", "value": f"{e.question}\n<image>"}
+
+
 def test_config_rejects_inconsistent_geometry() -> None:
     with pytest.raises(ValueError):
         SceneConfig(image_size=100)

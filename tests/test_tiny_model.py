@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from lvpeft.data.scenes import make_split, vocabulary
 from lvpeft.tiny_model import (
     NUM_IMAGE_TOKENS,
     SHIPPED_BASE_DIR,
+    asks_question_first,
     build_processor,
     build_prompts,
     build_tiny_llava,
@@ -63,6 +65,17 @@ def test_chat_template_tokenizes_with_image(processor: LlavaProcessor, examples)
     assert (ids == processor.image_token_id).sum() == NUM_IMAGE_TOKENS
     assert (ids == processor.tokenizer.bos_token_id).sum() == 1 and ids[0] == processor.tokenizer.bos_token_id
     assert out["pixel_values"].shape == (1, 3, 96, 96)
+
+
+def test_question_first_template_asks_before_the_image(processor: LlavaProcessor) -> None:
+    question_first = build_processor(question_first=True)
+    (prompt,) = build_prompts(question_first, ["what colour is the square ?"])
+    assert prompt == "USER: what colour is the square ?\n<image> ASSISTANT:"
+    assert asks_question_first(question_first) and not asks_question_first(processor)
+    ids = question_first(images=[Image.new("RGB", (96, 96))], text=[prompt])["input_ids"][0]
+    tokens = question_first.tokenizer.convert_ids_to_tokens(ids)
+    assert tokens.index("square") < tokens.index("<image>") and tokens.count("<image>") == 144
+    assert tokens[-2:] == ["ASSISTANT", ":"]
 
 
 def test_vocabulary_has_every_task_word(processor: LlavaProcessor) -> None:

@@ -50,25 +50,38 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 CHAT_WORDS: tuple[str, ...] = ("USER", "ASSISTANT", ":")
 """Words of the chat template (``USER: ... ASSISTANT:``)."""
 
-CHAT_TEMPLATE: str = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
-    "{% for item in message['content'] %}"
-    "{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}"
-    "{% endif %} "
-    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}</s>"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+
+def _chat_template(question_first: bool) -> str:
+    image = (
+        "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    )
+    image_after = (
+        "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '\\n' }}<image>{% endif %}"
+        "{% endfor %}"
+    )
+    text = (
+        "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+        "{% endfor %}"
+    )
+    return (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'user' %}USER: "
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}" + (text + image_after if question_first else image + text) + "{% endif %} "
+        "{% elif message['role'] == 'assistant' %}ASSISTANT: "
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
+        "{% endif %}{% endfor %}{% endif %}</s>"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+
+
+CHAT_TEMPLATE: str = _chat_template(question_first=False)
 """LLaVA-1.5 style template: ``USER: <image>\\n{question} ASSISTANT:`` (images first, then text)."""
+QUESTION_FIRST_CHAT_TEMPLATE: str = _chat_template(question_first=True)
+"""``USER: {question}\\n<image> ASSISTANT:``: the question before the image."""
 
 
 def build_tokenizer(scene_config: SceneConfig | None = None) -> PreTrainedTokenizerFast:
@@ -94,7 +107,7 @@ def build_tokenizer(scene_config: SceneConfig | None = None) -> PreTrainedTokeni
     )
 
 
-def build_processor(scene_config: SceneConfig | None = None) -> LlavaProcessor:
+def build_processor(scene_config: SceneConfig | None = None, question_first: bool = False) -> LlavaProcessor:
     """The tiny model's ``LlavaProcessor``: tokenizer, 96 px CLIP image processor, chat template.
 
     ``processor(images=[img], text=["USER: <image>\\n... ASSISTANT:"])`` returns ``pixel_values``
@@ -112,7 +125,7 @@ def build_processor(scene_config: SceneConfig | None = None) -> LlavaProcessor:
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS; "default" removes it again -> 144 tokens
-        chat_template=CHAT_TEMPLATE,
+        chat_template=QUESTION_FIRST_CHAT_TEMPLATE if question_first else CHAT_TEMPLATE,
     )
 
 
@@ -197,6 +210,13 @@ def build_prompts(processor: LlavaProcessor, questions: Sequence[str]) -> list[s
         )
         for q in questions
     ]
+
+
+def asks_question_first(processor: LlavaProcessor) -> bool:
+    """Whether the processor's chat template puts the question before the image."""
+    prompt = build_prompts(processor, ["QUESTION"])[0]
+    image = processor.tokenizer.image_token
+    return image in prompt and prompt.index("QUESTION") < prompt.index(image)
 
 
 @torch.no_grad()

@@ -122,14 +122,22 @@ LLAVA_TRAINING_CHAT_TEMPLATE: str = (
     "{{- bos_token -}}"
     "{%- for message in messages -%}"
     "{%- if message['content'] is string -%}"
-    "{%- set text = message['content'] -%}{%- set images = [] -%}"
+    "{%- set text = message['content'] -%}"
     "{%- else -%}"
     "{%- set text = message['content'] | selectattr('type', 'equalto', 'text')"
     " | map(attribute='text') | join(' ') -%}"
-    "{%- set images = message['content'] | selectattr('type', 'equalto', 'image') | list -%}"
     "{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{{- 'USER: ' -}}{%- for _ in images -%}{{- '<image>\\n' -}}{%- endfor -%}{{- text + ' ' -}}"
+    "{%- if message['role'] == 'user' and message['content'] is string -%}"
+    "{{- 'USER: ' + text + ' ' -}}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{- 'USER: ' -}}{%- set ns = namespace(seen_text=false) -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' and ns.seen_text -%}{{- '\\n<image>' -}}"
+    "{%- elif item['type'] == 'image' -%}{{- '<image>\\n' -}}"
+    "{%- elif item['type'] == 'text' -%}"
+    "{%- if ns.seen_text -%}{{- ' ' -}}{%- endif -%}{{- item['text'] -}}{%- set ns.seen_text = true -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}{{- ' ' -}}"
     "{%- elif message['role'] == 'assistant' -%}"
     "{{- 'ASSISTANT: ' -}}{%- generation -%}{{- text + eos_token -}}{%- endgeneration -%}"
     "{%- endif -%}"
@@ -139,7 +147,9 @@ LLAVA_TRAINING_CHAT_TEMPLATE: str = (
 """LLaVA-1.5 chat template for training with ``assistant_only_loss=True``.
 
 Renders ``<s>USER: <image>\\n{question} ASSISTANT: {answer}</s>USER: {question} ASSISTANT: ...``
-(each user turn's images first, then its text blocks joined by spaces) and wraps every answer and its
+(a user turn's blocks in their order: an image before any text as ``<image>\\n``, one after text as
+``\\n<image>``, so ``{question}\\n<image>`` rows keep the question first; text blocks joined by
+spaces) and wraps every answer and its
 ``eos_token`` in ``{% generation %}`` so they, and only they, are trained. It starts with ``bos_token``
 because TRL tokenizes rendered conversations with ``add_special_tokens=False``. Set it on the processor
 used for training (``processor.chat_template = LLAVA_TRAINING_CHAT_TEMPLATE``, or write it to a

@@ -420,13 +420,17 @@ def answer_vocabulary(config: SceneConfig | None = None) -> list[str]:
 
 
 def export_llava_json(
-    examples: Sequence[VQAExample], folder: str | Path, json_name: str = "data.json"
+    examples: Sequence[VQAExample],
+    folder: str | Path,
+    json_name: str = "data.json",
+    question_first: bool = False,
 ) -> Path:
     """Write ``examples`` as LLaVA-format JSON plus one PNG per example into ``folder``.
 
     The JSON is a list of ``{"id", "image": "<file name>", "conversations": [{"from": "human",
-    "value": "<image>\\n<question>"}, {"from": "gpt", "value": "<answer>"}]}``; image file names
-    are relative to ``folder``. Returns the path of the JSON file.
+    "value": "<image>\\n<question>"}, {"from": "gpt", "value": "<answer>"}]}`` (``"<question>\\n<image>"``
+    with ``question_first``); image file names are relative to ``folder``. Returns the path of the JSON
+    file.
     """
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -439,7 +443,10 @@ def export_llava_json(
                 "id": ex.id,
                 "image": name,
                 "conversations": [
-                    {"from": "human", "value": f"<image>\n{ex.question}"},
+                    {
+                        "from": "human",
+                        "value": f"{ex.question}\n<image>" if question_first else f"<image>\n{ex.question}",
+                    },
                     {"from": "gpt", "value": ex.answer},
                 ],
             }
