@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .bench import add_bench_command
+from .demo import add_demo_command
 from .flops import add_flops_command
 
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lvpeft {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_bench_command(subparsers)
+    add_demo_command(subparsers)
     add_flops_command(subparsers)
     add_inspect_command(subparsers)
     subparsers.add_parser(
