@@ -197,7 +197,7 @@ def run_bench(
 ) -> BenchReport:
     """Measure base vs pruned (and baselines) on `model` (see the module docstring)."""
     from .config import LVPruningConfig
-    from .flops import estimate_flops
+    from .flops import estimate_adapter_flops
     from .model import get_lvpruning_model, lvpruning_tuner
     from .scorers import BASELINES
 
@@ -205,7 +205,7 @@ def run_bench(
     peft_model = get_lvpruning_model(model, LVPruningConfig(keep=keep, layers=layers, pruner_dim=pruner_dim))
     peft_model.eval()
     tuner = lvpruning_tuner(peft_model)
-    config = tuner.peft_config["default"]
+    config = tuner.active_config
     inputs = make_inputs(model, batch, text_tokens)
     modules = len(config.layers)
 
@@ -257,16 +257,7 @@ def run_bench(
                 peak_memory_mb=peak,
             )
         )
-    flops = estimate_flops(
-        model.config,
-        text_tokens=text_tokens,
-        layers=config.layers,
-        schedule=config.resolve_schedule(),
-        pruner_dim=config.pruner_dim,
-        pruner_heads=config.pruner_heads,
-        pruner_blocks=config.pruner_blocks,
-        pruner_ffn_mult=config.pruner_ffn_mult,
-    )
+    flops = estimate_adapter_flops(model.config, config, text_tokens)
     peft_model.unload()
     base, pruned = results[0], results[1]
     prefill_speedup = base.prefill_ms / pruned.prefill_ms

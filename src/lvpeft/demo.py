@@ -329,8 +329,7 @@ def kept_patches(
     from .model import lvpruning_tuner
     from .tiny_model import build_prompts
 
-    tuner = lvpruning_tuner(model)
-    positions = list(tuner.peft_config[tuner.active_adapters[0]].layers)
+    positions = list(lvpruning_tuner(model).active_config.layers)
     parts = find_llava_parts(model.get_base_model())
     seen: dict[int, torch.Tensor] = {}
 
@@ -388,7 +387,7 @@ def keep_ratio(model: Any, keep: float) -> Iterator[list[float]]:
     from .model import lvpruning_tuner
 
     tuner = lvpruning_tuner(model)
-    previous = tuner.peft_config[tuner.active_adapters[0]].keep
+    previous = tuner.active_config.keep
     try:
         yield tuner.set_keep(keep)
     finally:
@@ -401,7 +400,7 @@ def scorer_variants(model: Any) -> dict[str, Callable[[], contextlib.AbstractCon
     from .scorers import BASELINES
 
     tuner = lvpruning_tuner(model)
-    modules = len(tuner.peft_config[tuner.active_adapters[0]].layers)
+    modules = len(tuner.active_config.layers)
     variants: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
         "lvpruning": contextlib.nullcontext
     }
@@ -477,10 +476,11 @@ def make_pictures(
     """For the `settings.pictures` test scenes with the most shapes: two questions, the patches each
     module keeps for them, a PNG. Returns what was pictured (questions, answers, kept patches)."""
     from .data.scenes import SceneConfig, make_example
+    from .model import lvpruning_tuner
     from .report import PictureRow, draw_kept_patches
 
     config = SceneConfig()
-    tuner_layers = _layers(model)
+    layers = list(lvpruning_tuner(model).active_config.layers)
     # the busiest scenes first: with more object patches than the budget, the modules must choose
     by_objects = sorted(test, key=lambda e: -len(e.scene.objects))  # stable: test order among equals
     chosen = [e for e in by_objects if len(e.scene.objects) >= 3][: settings.pictures]
@@ -497,7 +497,7 @@ def make_pictures(
             for e, p, k in zip(asked, predictions, kept, strict=True)
         ]
         name = f"kept_patches_{n}.png"
-        draw_kept_patches(example.image, rows, config.patch_size, tuner_layers, out_dir / name)
+        draw_kept_patches(example.image, rows, config.patch_size, layers, out_dir / name)
         records.append(
             {
                 "id": example.id,
@@ -516,13 +516,6 @@ def make_pictures(
             }
         )
     return records
-
-
-def _layers(model: Any) -> list[int]:
-    from .model import lvpruning_tuner
-
-    tuner = lvpruning_tuner(model)
-    return list(tuner.peft_config[tuner.active_adapters[0]].layers)
 
 
 # -- 6. save and reload -----------------------------------------------------------------------------
@@ -571,21 +564,11 @@ def prompt_text_tokens(processor: Any, examples: Sequence[VQAExample]) -> float:
 
 def flops_of(model: Any, text_tokens: float) -> dict[str, float]:
     """Analytic prefill FLOPs, base vs pruned, at the adapter's current schedule (`lvpeft.flops`)."""
-    from .flops import estimate_flops
+    from .flops import estimate_adapter_flops
     from .model import lvpruning_tuner
 
-    tuner = lvpruning_tuner(model)
-    config = tuner.peft_config[tuner.active_adapters[0]]
-    report = estimate_flops(
-        model.get_base_model().config,
-        text_tokens=max(1, round(text_tokens)),
-        layers=config.layers,
-        schedule=config.resolve_schedule(),
-        pruner_dim=config.pruner_dim,
-        pruner_heads=config.pruner_heads,
-        pruner_blocks=config.pruner_blocks,
-        pruner_ffn_mult=config.pruner_ffn_mult,
-    )
+    config = lvpruning_tuner(model).active_config
+    report = estimate_adapter_flops(model.get_base_model().config, config, max(1, round(text_tokens)))
     return {
         "text_tokens": max(1, round(text_tokens)),
         "base_tflops": report.base_tflops,
@@ -696,8 +679,7 @@ def run_demo(
     with clock.phase("save"):
         model.save_pretrained(str(adapter_dir))
         trainer.create_model_card()
-    tuner = lvpruning_tuner(model)
-    config = tuner.peft_config[tuner.active_adapters[0]]
+    config = lvpruning_tuner(model).active_config
     with clock.phase("evaluate"):
         results = evaluate_all(model, processor, data.test, settings, log)
     with clock.phase("pictures"):

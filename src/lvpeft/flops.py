@@ -58,7 +58,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, LlavaConfig, PreTrainedConfig
 
-from .config import PAPER_PRUNER_DIM, default_pruner_dim
+from .config import PAPER_PRUNER_DIM, LVPruningConfig, default_pruner_dim
 from .decisions import keep_counts
 from .placement import default_layers
 
@@ -400,6 +400,22 @@ def estimate_flops(
         kept_tokens=kept,
         decoder_tokens=tuple(tokens),
         pruner_dim=dim if pos else None,
+    )
+
+
+def estimate_adapter_flops(
+    config: PreTrainedConfig, adapter: LVPruningConfig, text_tokens: int = 30
+) -> FlopsReport:
+    """`estimate_flops` for the schedule, positions and module size of an attached adapter's config."""
+    return estimate_flops(
+        config,
+        text_tokens=text_tokens,
+        layers=adapter.layers,
+        schedule=adapter.resolve_schedule(),
+        pruner_dim=adapter.pruner_dim,
+        pruner_heads=adapter.pruner_heads,
+        pruner_blocks=adapter.pruner_blocks,
+        pruner_ffn_mult=adapter.pruner_ffn_mult,
     )
 
 

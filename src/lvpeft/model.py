@@ -166,6 +166,11 @@ class LVPruningModel(BaseTuner):
         return [m for m in self.model.modules() if isinstance(m, DecisionLayer)]
 
     @property
+    def active_config(self) -> LVPruningConfig:
+        """The active adapter's config (its `layers` resolved against the base model)."""
+        return self.peft_config[self.active_adapters[0]]
+
+    @property
     def pruning_stats(self) -> PruningStats:
         """Ratio loss (training) and realised keep ratios of the last forward."""
         return self._pruner.stats

@@ -46,7 +46,7 @@ class LVPruningTrainer(SFTTrainer):
     @property
     def lvpruning_config(self) -> LVPruningConfig:
         """The active adapter's config (loss weights, schedule)."""
-        return self._lvpruning.peft_config[self._lvpruning.active_adapters[0]]
+        return self._lvpruning.active_config
 
     def compute_loss(
         self,
