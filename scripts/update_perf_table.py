@@ -101,7 +101,7 @@ def main() -> int:
     )
     parser.add_argument("--check", action="store_true", help="fail if the FLOPs table is out of date")
     parser.add_argument("--no-bench", action="store_true", help="only refresh the FLOPs table")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     text = README.read_text(encoding="utf-8")
     if START not in text or END not in text:

@@ -190,8 +190,8 @@ def run_bench(
     batch: int = 1,
     text_tokens: int = 30,
     new_tokens: int = 16,
-    warmup: int = 2,
-    repeats: int = 5,
+    warmup: int = 3,
+    repeats: int = 15,
     baselines: bool = False,
     breakdown: bool = False,
 ) -> BenchReport:
@@ -352,8 +352,10 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--text-tokens", type=int, default=30)
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=15, help="timed prefills per variant (the median is reported)"
+    )
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
