@@ -30,34 +30,19 @@ CONFIGS = {
 
 
 def build(cfg: dict, attn: str):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from lvpeft.bench import build_llava
 
-    torch.manual_seed(0)
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=cfg["image"],
-            patch_size=cfg["patch"],
-        ),
-        text_config=LlamaConfig(
-            hidden_size=cfg["hidden"],
-            intermediate_size=cfg["hidden"] * 8 // 3,
-            num_hidden_layers=cfg["layers"],
-            num_attention_heads=cfg["heads"],
-            num_key_value_heads=cfg["heads"],
-            vocab_size=1000,
-            max_position_embeddings=4096,
-        ),
-        image_token_id=999,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
+    model = build_llava(
+        hidden=cfg["hidden"],
+        layers=cfg["layers"],
+        heads=cfg["heads"],
+        kv_heads=cfg["heads"],
+        mlp=cfg["hidden"] * 8 // 3,
+        vocab=1000,
+        image=cfg["image"],
+        patch=cfg["patch"],
+        attn=attn,
     )
-    config._attn_implementation = attn
-    model = LlavaForConditionalGeneration(config)
-    model.config.text_config._attn_implementation = attn
     n_vision = (cfg["image"] // cfg["patch"]) ** 2
     ids = torch.randint(3, 900, (cfg["batch"], cfg["text"] + n_vision))
     ids[:, 4 : 4 + n_vision] = 999

@@ -76,15 +76,27 @@ class BenchReport:
         return asdict(self)
 
 
-def build_default_model(attn: str = "sdpa", dtype: torch.dtype = torch.float32, seed: int = 0) -> Any:
-    """A random LLaVA with LLaVA-1.5's token counts (576 vision tokens) and a small decoder.
+def build_llava(
+    *,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    mlp: int,
+    vocab: int,
+    image: int,
+    patch: int,
+    attn: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> Any:
+    """A random LLaVA (CLIP vision tower of one small layer + Llama decoder) built from a config.
 
-    The vision tower is one small CLIP layer: it runs identically for base and pruned models and is
-    not what pruning changes; the decoder is 8 x 512 (SwiGLU 1376), vocabulary 32064.
+    The vision tower runs identically for base and pruned models and is not what pruning changes;
+    `(image // patch) ** 2` vision tokens per image; the image placeholder is the last vocabulary id.
     """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    c = DEFAULT_CONFIG
     torch.manual_seed(seed)
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
@@ -92,19 +104,19 @@ def build_default_model(attn: str = "sdpa", dtype: torch.dtype = torch.float32, 
             intermediate_size=128,
             num_hidden_layers=1,
             num_attention_heads=2,
-            image_size=c["image"],
-            patch_size=c["patch"],
+            image_size=image,
+            patch_size=patch,
         ),
         text_config=LlamaConfig(
-            hidden_size=c["hidden"],
-            intermediate_size=c["mlp"],
-            num_hidden_layers=c["layers"],
-            num_attention_heads=c["heads"],
-            num_key_value_heads=c["kv_heads"],
-            vocab_size=c["vocab"],
+            hidden_size=hidden,
+            intermediate_size=mlp,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            vocab_size=vocab,
             max_position_embeddings=4096,
         ),
-        image_token_id=c["vocab"] - 1,
+        image_token_id=vocab - 1,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )
@@ -112,6 +124,12 @@ def build_default_model(attn: str = "sdpa", dtype: torch.dtype = torch.float32, 
     model = LlavaForConditionalGeneration(config).to(dtype).eval()
     model.config.text_config._attn_implementation = attn
     return model
+
+
+def build_default_model(attn: str = "sdpa", dtype: torch.dtype = torch.float32, seed: int = 0) -> Any:
+    """`lvpeft bench`'s default model: LLaVA-1.5's token counts (576 vision tokens) and a small decoder,
+    8 x 512 (SwiGLU 1376), vocabulary 32064 (`DEFAULT_CONFIG`)."""
+    return build_llava(**DEFAULT_CONFIG, attn=attn, dtype=dtype, seed=seed)
 
 
 def make_inputs(model: Any, batch: int, text_tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:
