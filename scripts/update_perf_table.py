@@ -75,8 +75,9 @@ def bench_table(repeats: int) -> str:
         f"{setting['decoder']['num_hidden_layers']} x {setting['decoder']['hidden_size']}, "
         f"{setting['vision_tokens']} vision + {setting['text_tokens']} text tokens, float32), keep 0.1 "
         f"{setting['schedule']} before layers {setting['layers']}, default light modules "
-        f"(C = {setting['pruner_dim']}); medians of {repeats} "
-        "runs, base and pruned interleaved in one process."
+        f"(C = {setting['pruner_dim']}); {repeats} rounds after {setting['warmup']} warm-ups, each "
+        "timing base and pruned back to back in one process: latencies are medians, the speed-up is "
+        "the median of the per-round ratios."
     )
     return header + "\n\n" + "\n".join(lines)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import statistics
 
 import pytest
+import torch
 
 from helpers import tiny_llava
-from lvpeft.bench import run_bench
+from lvpeft.bench import interleaved_times, paired_speedup, run_bench
 from lvpeft.breakdown import MODEL_STEPS, PRUNING_STEPS, format_breakdown
 from lvpeft.cli import main
 
@@ -21,8 +24,42 @@ def test_bench_report_is_consistent() -> None:
     assert pruned.kv_cache_bytes / base.kv_cache_bytes == pytest.approx((46 + 40 + 37 + 34) / (4 * 46))
     assert all(v.kv_cache_bytes == pruned.kv_cache_bytes for v in report.variants[2:])
     assert report.flops_speedup == pytest.approx(report.flops["base_tflops"] / report.flops["pruned_tflops"])
-    assert report.prefill_speedup == pytest.approx(base.prefill_ms / pruned.prefill_ms)
+    assert report.prefill_speedup == pytest.approx(paired_speedup(base.prefill_ms_all, pruned.prefill_ms_all))
     assert all(v.prefill_ms > 0 and v.decode_tokens_per_s > 0 for v in report.variants)
+
+
+def test_paired_speedup_cancels_drift_between_rounds() -> None:
+    # the machine slows down 3x in the last round, and the pruned run of round 2 is disturbed: two
+    # rounds of three say 2x, which the paired median keeps and the ratio of the medians loses
+    base, pruned = [100.0, 110.0, 330.0], [50.0, 300.0, 165.0]
+    assert paired_speedup(base, pruned) == pytest.approx(2.0)
+    assert statistics.median(base) / statistics.median(pruned) == pytest.approx(110 / 165)
+    with pytest.raises(ValueError):
+        paired_speedup([1.0, 2.0], [1.0])
+
+
+def test_interleaved_times_runs_every_variant_once_per_round() -> None:
+    calls: list[str] = []
+    state = {"name": ""}
+
+    def variant(name: str):
+        @contextlib.contextmanager
+        def context():
+            state["name"] = name
+            yield
+
+        return context
+
+    times = interleaved_times(
+        {"a": variant("a"), "b": variant("b")},
+        lambda: calls.append(state["name"]),
+        repeats=3,
+        warmup=1,
+        device=torch.device("cpu"),
+    )
+    assert calls == ["a", "b"] * 4
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
 
 
 def test_bench_cli_json(tmp_path, capsys) -> None:

@@ -6,7 +6,8 @@ tokens per image, at a width and depth a CPU runs in about a minute) and one LVP
 
 - prefill latency: one forward over the prompt with a fresh KV cache, `logits_to_keep=1`, as
   `generate()` runs it; median of `--repeats` runs after `--warmup` runs, base and pruned
-  interleaved so that drifting machine load hits both alike;
+  interleaved so that drifting machine load hits both alike; the speed-up is the median of the
+  per-round ratios base/pruned (each round times the two back to back);
 - decode throughput: tokens per second of greedy steps that follow the prefill;
 - end-to-end latency of `generate(max_new_tokens=--new-tokens)`;
 - KV-cache bytes after prefill (exact: the sum of the cache tensors);
@@ -173,6 +174,44 @@ def _prefill(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
     return out, cache
 
 
+def interleaved_times(
+    variants: dict[str, Callable[[], Any]],
+    run: Callable[[], Any],
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+) -> dict[str, list[float]]:
+    """Milliseconds of `run` under each variant, the variants interleaved round by round.
+
+    Args:
+        variants: name -> a callable returning the context manager that sets the variant up (e.g.
+            `model.disable_adapter` for the base).
+        run: the timed call (e.g. one prefill).
+        repeats: timed rounds; each round runs every variant once, back to back.
+        warmup: untimed rounds first.
+        device: synchronised around each timed call when it is a GPU.
+
+    Returns:
+        name -> `repeats` times in ms, round i of every variant at index i.
+    """
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for i in range(warmup + repeats):
+        for name, context in variants.items():
+            with context():
+                elapsed = _timed(run, device)
+            if i >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def paired_speedup(base_ms: list[float], other_ms: list[float]) -> float:
+    """Median over rounds of base/other, each round's two times taken back to back.
+
+    Unlike the ratio of the two medians, it cancels a drift of the machine's speed between rounds.
+    """
+    return statistics.median(b / o for b, o in zip(base_ms, other_ms, strict=True))
+
+
 def _cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
     """transformers 5.24 renamed the forward's `past_key_values` to `cache`."""
     forward = getattr(model, "get_base_model", lambda: model)().forward
@@ -235,15 +274,7 @@ def run_bench(
         for name, cls in BASELINES.items():
             variants[name] = lambda cls=cls: tuner.use_scorers([cls() for _ in range(modules)])
 
-    prefill: dict[str, list[float]] = {name: [] for name in variants}
-    for ctx in variants.values():
-        with ctx():
-            for _ in range(warmup):
-                _prefill(peft_model, inputs)
-    for _ in range(repeats):
-        for name, ctx in variants.items():
-            with ctx():
-                prefill[name].append(_timed(lambda: _prefill(peft_model, inputs), device))
+    prefill = interleaved_times(variants, lambda: _prefill(peft_model, inputs), repeats, warmup, device)
     results, costs = [], []
     for name, ctx in variants.items():
         with ctx():
@@ -278,7 +309,7 @@ def run_bench(
     flops = estimate_adapter_flops(model.config, config, text_tokens)
     peft_model.unload()
     base, pruned = results[0], results[1]
-    prefill_speedup = base.prefill_ms / pruned.prefill_ms
+    prefill_speedup = paired_speedup(base.prefill_ms_all, pruned.prefill_ms_all)
     flops_speedup = flops.base_tflops / flops.pruned_tflops
     return BenchReport(
         machine=describe_machine(device),

@@ -583,7 +583,9 @@ def time_prefill(
     model: Any, processor: Any, examples: Sequence[VQAExample], repeats: int = 10, warmup: int = 2
 ) -> dict[str, Any]:
     """Median wall time of one prefill (forward over the prompts, cache on, last logits only),
-    base (adapter disabled) and pruned interleaved so that machine load hits both alike."""
+    base (adapter disabled) and pruned interleaved so that machine load hits both alike; `speedup`
+    is the median of the per-round ratios (`lvpeft.bench.paired_speedup`)."""
+    from .bench import interleaved_times, paired_speedup
     from .tiny_model import build_prompts
 
     inputs = processor(
@@ -593,18 +595,13 @@ def time_prefill(
         return_tensors="pt",
     )
     variants = {"base": model.disable_adapter, "lvpruning": contextlib.nullcontext}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for i in range(warmup + repeats):
-        for name, context in variants.items():
-            with context():
-                start = time.perf_counter()
-                model(**inputs, use_cache=True, logits_to_keep=1)
-                elapsed = (time.perf_counter() - start) * 1000
-            if i >= warmup:
-                times[name].append(elapsed)
+    times = interleaved_times(
+        variants, lambda: model(**inputs, use_cache=True, logits_to_keep=1), repeats, warmup, model.device
+    )
     return {
         "base": statistics.median(times["base"]),
         "lvpruning": statistics.median(times["lvpruning"]),
+        "speedup": paired_speedup(times["base"], times["lvpruning"]),
         "batch": len(examples),
         "repeats": repeats,
         "all": times,
@@ -736,7 +733,7 @@ def run_demo(
         },
         "evidence_kept": results["evidence"],
         "flops": flops,
-        "prefill_speedup": prefill["base"] / prefill["lvpruning"],
+        "prefill_speedup": prefill["speedup"],
         "prefill_ms": prefill,
         "reload_check": reload,
         "kept_patches": pictures,
