@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import tempfile
 import time
 from dataclasses import replace
@@ -51,9 +52,10 @@ RECORDED_VARIANTS: tuple[str, ...] = (
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    """`"a=1,b='x'"` -> `{"a": 1, "b": "x"}` (values are Python literals or bare words)."""
+    """`"a=1,b='x',c=(1,2)"` -> `{"a": 1, "b": "x", "c": (1, 2)}` (Python literals or bare words)."""
     out: dict[str, Any] = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
+    items = re.split(r",\s*(?=[A-Za-z_]\w*\s*=)", text)  # commas that start a new `name=`
+    for item in filter(None, (t.strip() for t in items)):
         key, value = item.split("=", 1)
         try:
             out[key.strip()] = ast.literal_eval(value.strip())

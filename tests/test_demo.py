@@ -203,3 +203,22 @@ def test_quick_demo_on_the_shipped_base(tmp_path: Path) -> None:
     # 10 % of the vision tokens, chosen by modules trained for a minute: a few points lost at most
     assert report["pruned_accuracy"] > report["base_accuracy"] - 0.15
     assert report["flops"]["speedup"] > 1.1 and report["prefill_speedup"] > 0
+
+
+def test_demo_settings_choose_module_positions_and_schedule(stand_in: Path, tmp_path: Path) -> None:
+    """`layers` and `keep_schedule` reach the adapter (scripts/demo_ablation.py varies them)."""
+    from lvpeft.demo import prepare_data, train_adapter
+    from lvpeft.model import lvpruning_tuner
+
+    settings = replace(
+        SETTINGS, train_steps=1, batch_size=2, test_examples=2, layers=(2, 3), keep_schedule=(0.3, 0.1)
+    )
+    base, processor = load_base(stand_in)
+    data = prepare_data(tmp_path, settings, processor)
+    model, _ = train_adapter(base, processor, data.train, settings, tmp_path / "adapter")
+    config = lvpruning_tuner(model).active_config
+    assert (config.layers, config.resolve_schedule()) == ([2, 3], [0.3, 0.1])
+    inputs = processor(images=[data.test[0].image], text=["<image> what?"], return_tensors="pt")
+    with torch.no_grad():
+        model(**inputs)
+    assert model.pruning_stats.keep_ratios == pytest.approx([round(0.3 * 144) / 144, round(0.1 * 144) / 144])

@@ -66,7 +66,8 @@ class DemoSettings:
         keep: final keep ratio the adapter is trained at (paper: 0.1).
         other_keeps: further keep ratios the trained adapter is evaluated at (`set_keep`).
         baselines_at_every_keep: also run the baselines at `other_keeps` (for the plot).
-        pruner_dim, gumbel_temperature, ratio_loss_weight, distill_weight: `LVPruningConfig` fields.
+        layers, keep_schedule, pruner_dim, gumbel_temperature, ratio_loss_weight, distill_weight:
+            `LVPruningConfig` fields (None: the library's default).
         learning_rate, warmup_ratio: the optimiser's schedule (cosine).
         eval_batch_size: batch size of evaluation (left padding).
         pictures: test images pictured with the patches each module keeps (two questions each).
@@ -81,6 +82,8 @@ class DemoSettings:
     keep: float = 0.1
     other_keeps: tuple[float, ...] = (0.05, 0.2, 0.3, 0.5)
     baselines_at_every_keep: bool = True
+    layers: tuple[int, ...] | None = None
+    keep_schedule: tuple[float, ...] | None = None
     pruner_dim: int | str | None = None
     gumbel_temperature: float = 1.0
     ratio_loss_weight: float = 20.0
@@ -218,6 +221,8 @@ def train_adapter(
     set_seed(settings.seed)
     config = LVPruningConfig(
         keep=settings.keep,
+        layers=None if settings.layers is None else list(settings.layers),
+        keep_schedule=None if settings.keep_schedule is None else list(settings.keep_schedule),
         pruner_dim=settings.pruner_dim,
         gumbel_temperature=settings.gumbel_temperature,
         ratio_loss_weight=settings.ratio_loss_weight,
