@@ -56,7 +56,8 @@ class DemoSettings:
     - `pruner_dim=None`: the library's light default (d/8, at least 64: 64 here); the paper's
       C = d = 128 (`"paper"`) answered 90.0 %, no better.
     - `learning_rate=3e-3`, cosine, 5 % warm-up, 200 steps of 16: a tiny model wants ~1e-3 (2e-6 is the
-      paper's for 7B); 1e-3 answered 82.3 % against 84.0 % for 3e-3 (earlier base).
+      paper's for 7B); 1e-3 answered 82.3 % against 84.0 % for 3e-3 (earlier base); on the shipped
+      base, 1,000 validation questions: 1e-3 89.4 %, 3e-3 89.7 %, 1e-2 85.1 %.
     - `gumbel_temperature=1.0`: DynamicViT's value, which the paper follows.
 
     Attributes:
