@@ -45,7 +45,7 @@ def build(cfg: dict, attn: str):
     )
     n_vision = (cfg["image"] // cfg["patch"]) ** 2
     ids = torch.randint(3, 900, (cfg["batch"], cfg["text"] + n_vision))
-    ids[:, 4 : 4 + n_vision] = 999
+    ids[:, 4 : 4 + n_vision] = model.config.image_token_id  # build_llava's placeholder id
     labels = ids.clone()
     labels[:, : 4 + n_vision] = -100
     batch = {
