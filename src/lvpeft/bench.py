@@ -402,7 +402,11 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--text-tokens", type=int, default=30)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument(
-        "--repeats", type=int, default=15, help="timed prefills per variant (the median is reported)"
+        "--repeats",
+        type=int,
+        default=15,
+        help="timed rounds, each one prefill per variant back to back (medians and the median per-round "
+        "speed-up are reported)",
     )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
