@@ -27,7 +27,7 @@ import torch
 import lvpeft
 from lvpeft.data.scenes import VQAExample, make_split
 from lvpeft.demo import evaluate, kept_patches, load_base, scorer_variants
-from lvpeft.model import HOLDER_NAME, lvpruning_tuner
+from lvpeft.model import lvpruning_tuner
 from lvpeft.scorers import LearnedScorer, RandomScorer, Scorer, ScoringContext, UniformScorer
 from lvpeft.tiny_model import generate_answers
 
@@ -115,7 +115,7 @@ def main() -> int:
     examples = make_split(args.split, args.examples, seed=0)
     tuner = lvpruning_tuner(model)
     layers = tuner.active_config.layers
-    modules = [getattr(tuner._parts.layers[p], HOLDER_NAME).lvpruning_module["default"] for p in layers]
+    modules = tuner.decision_modules()
 
     rows: dict[str, tuple[float, dict[str, float]]] = {}
     with model.disable_adapter():

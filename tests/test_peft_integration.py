@@ -143,3 +143,17 @@ def test_push_to_hub_uploads_adapter_and_card_only(tmp_path: Path, monkeypatch: 
         and "- my-tag" in uploaded["card"]
         and "| 3 | 3 | 0.25 |" in uploaded["card"]
     )
+
+
+def test_decision_modules_are_the_active_adapters_modules_in_order() -> None:
+    model = get_lvpruning_model(tiny_llava(), LVPruningConfig(keep=0.25, layers=[1, 3]))
+    model.add_adapter("other", LVPruningConfig(keep=0.5, layers=[2]))
+    tuner = lvpruning_tuner(model)
+    layers = model.get_base_model().model.language_model.layers
+    assert tuner.decision_modules() == [
+        layers[1].pruner.lvpruning_module["default"],
+        layers[3].pruner.lvpruning_module["default"],
+    ]
+    assert tuner.decision_modules("other") == [layers[2].pruner.lvpruning_module["other"]]
+    model.set_adapter("other")
+    assert tuner.decision_modules() == tuner.decision_modules("other")

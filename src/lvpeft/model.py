@@ -127,8 +127,7 @@ class LVPruningModel(BaseTuner):
         if self.model.training:
             self._check_checkpointing()
         scorers: list[Scorer] = self._scorer_override or [
-            LearnedScorer(getattr(self._parts.layers[p], HOLDER_NAME).lvpruning_module[adapter])
-            for p in config.layers
+            LearnedScorer(module) for module in self.decision_modules(adapter)
         ]
         return PruningPlan(
             positions=list(config.layers),
@@ -164,6 +163,14 @@ class LVPruningModel(BaseTuner):
 
     def _holders(self) -> list[DecisionLayer]:
         return [m for m in self.model.modules() if isinstance(m, DecisionLayer)]
+
+    def decision_modules(self, adapter_name: str | None = None) -> list[DecisionModule]:
+        """The decision modules of `adapter_name` (default: the active one), in module order."""
+        adapter = adapter_name or self.active_adapters[0]
+        return [
+            getattr(self._parts.layers[p], HOLDER_NAME).lvpruning_module[adapter]
+            for p in self.peft_config[adapter].layers
+        ]
 
     @property
     def active_config(self) -> LVPruningConfig:
