@@ -137,3 +137,23 @@ def test_trainer_saves_the_adapter_with_the_lvpruning_card(tmp_path: Path) -> No
     assert "- lvpruning" in card and "| 3 | 3 | 0.25 |" in card and "learning_rate | 0.001" in card
     reloaded = lvpeft.from_pretrained(str(out), base_model=tiny_llava())
     assert lvpruning_tuner(reloaded).peft_config["default"].keep == 0.25
+
+
+@pytest.mark.parametrize("hide", [True, False])
+def test_modules_do_not_see_the_labelled_answer(tmp_path: Path, hide: bool) -> None:
+    config = LVPruningConfig(keep=0.25, hide_answer_from_modules=hide)
+    trainer = make_trainer(tmp_path, config)
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    seen: list[torch.Tensor] = []
+    module = lvpruning_tuner(trainer.model).decision_modules()[0]
+    handle = module.register_forward_hook(lambda m, args, out: seen.append(args[2].sum(dim=1)))
+    try:
+        trainer.compute_loss(trainer.model, inputs)
+    finally:
+        handle.remove()
+    ids, labels, mask = inputs["input_ids"], inputs["labels"], inputs["attention_mask"].bool()
+    language = mask & (ids != trainer.model.config.image_token_id)
+    answer = labels != -100
+    assert bool((answer & language).any(dim=1).all())  # every row has an answer to hide
+    expected = (language & ~answer).sum(dim=1) if hide else language.sum(dim=1)
+    assert seen[0].tolist() == expected.tolist()

@@ -125,6 +125,15 @@ class LVPruningConfig(PeftConfig):
             "distributions on the trained positions (not in the paper); 0 turns it off."
         },
     )
+    hide_answer_from_modules: bool = field(
+        default=True,
+        metadata={
+            "help": "Training: the decision modules attend only to the prompt's language tokens, not to the "
+            "teacher-forced answer (the tokens with labels), as at inference, where the answer does not "
+            "exist yet when the modules run. The paper's modules attend to every non-vision token, the "
+            "answer included (False)."
+        },
+    )
     base_text_hidden_size: int | None = field(
         default=None,
         metadata={
@@ -231,6 +240,8 @@ class LVPruningConfig(PeftConfig):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
                 _fail(name, value, "a number >= 0")
+        if not isinstance(self.hide_answer_from_modules, bool):
+            _fail("hide_answer_from_modules", self.hide_answer_from_modules, "True or False")
         for name in ("base_text_hidden_size", "base_text_num_layers"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):

@@ -212,6 +212,17 @@ class LVPruningModel(BaseTuner):
             self._mode = previous
 
     @contextlib.contextmanager
+    def hide_from_modules(self, slots: torch.Tensor | None) -> Iterator[None]:
+        """Within the block, the decision modules do not attend to the input slots marked True.
+
+        `LVPruningTrainer` hides the answer tokens (`labels != -100`) this way: at inference a module
+        scores the vision tokens of a prompt whose answer does not exist yet. See
+        `TokenPruner.hidden_from_scorers`; `slots` is (B, L) bool over the input_ids, None for no change.
+        """
+        with self._pruner.hidden_from_scorers(slots):
+            yield
+
+    @contextlib.contextmanager
     def use_scorers(self, scorers: list[Scorer]) -> Iterator[None]:
         """Within the block, score with `scorers` (one per module) instead of the learned modules.
 

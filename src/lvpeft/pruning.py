@@ -29,8 +29,9 @@ Shapes: B batch, L slots, d hidden size, q new tokens at a decode step, K key sl
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -160,6 +161,7 @@ class ForwardContext:
     cache: Any = None
     decode: bool = False
     soft_keep: torch.Tensor | None = None  # training: (B, L) cumulative decisions D
+    unseen: torch.Tensor | None = None  # (B, L_in) bool: input slots the scorers must not read as language
     decisions: list[torch.Tensor] = field(default_factory=list)
     stage_keys: dict[int, StageKeys] = field(default_factory=dict)
     stage_kwargs: dict[tuple[int, int | None], dict[str, Any]] = field(default_factory=dict)
@@ -182,6 +184,25 @@ class TokenPruner:
         self.stats = PruningStats()
         self._ctx: ForwardContext | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._unseen: torch.Tensor | None = None
+
+    @contextlib.contextmanager
+    def hidden_from_scorers(self, slots: torch.Tensor | None) -> Iterator[None]:
+        """Within the block, the scorers do not read the input slots marked True as language tokens.
+
+        For training: a teacher-forced forward holds the answer, which a prefill at inference does not
+        have yet; a module that may attend to it learns to look for the answer's words. Applies to
+        prefill forwards (a prefill whose input has another shape raises ValueError); a row that would
+        be left with no language token at all keeps them all.
+
+        Args:
+            slots: (B, L) bool over the input sequence (e.g. `labels != -100`), or None for no change.
+        """
+        previous, self._unseen = self._unseen, slots
+        try:
+            yield
+        finally:
+            self._unseen = previous
 
     # -- installation -----------------------------------------------------------------------------
 
@@ -257,6 +278,7 @@ class TokenPruner:
                 vision_orig=vision,
                 cache=cache,
                 soft_keep=vision.float() if plan.training else None,
+                unseen=self._unseen_slots(vision),
             )
             return
         if state is None:
@@ -341,6 +363,9 @@ class TokenPruner:
     ) -> torch.Tensor:
         plan = ctx.plan
         language = ctx.valid & ~ctx.is_vision
+        if ctx.unseen is not None:
+            seen = language & ~gather_slots(ctx.unseen, ctx.positions.clamp(min=0))
+            language = torch.where(seen.any(dim=1, keepdim=True), seen, language)
         candidates = ctx.valid & ctx.alive
         keep = keep_counts(ctx.num_vision, plan.ratios[stage])  # (B,)
         rope = kwargs.get("position_embeddings")
@@ -449,6 +474,19 @@ class TokenPruner:
         return (base + bias).to(dtype)
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _unseen_slots(self, vision: torch.Tensor) -> torch.Tensor | None:
+        """The `hidden_from_scorers` slots for this prefill, checked against its (B, L) shape."""
+        unseen = self._unseen
+        if unseen is None:
+            return None
+        if tuple(unseen.shape) != tuple(vision.shape):
+            raise ValueError(
+                f"hidden_from_scorers got slots of shape {tuple(unseen.shape)} for an input of shape "
+                f"{tuple(vision.shape)}; pass a (batch, sequence) bool mask over the same input_ids "
+                "(e.g. labels != -100)."
+            )
+        return unseen.to(device=vision.device, dtype=torch.bool)
 
     def _vision_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """(B, L) bool: which input positions are image placeholder tokens."""

@@ -14,6 +14,11 @@ loss = lambda_lm * LM + lambda_ratio * ratio (+ lambda_kd * KL(base || pruned), 
   so no second copy of the model is needed. Off unless `LVPruningConfig.distill_weight > 0`.
 
 Both terms (and the realised keep ratio after each module) are logged at every logging step.
+
+The decision modules do not see the answer they are trained on: the labelled tokens are hidden from
+their cross-attention (`LVPruningModel.hide_from_modules`), because at inference the modules run at
+prefill, before any answer exists (`LVPruningConfig.hide_answer_from_modules`; the paper's modules see
+it).
 """
 
 from __future__ import annotations
@@ -65,8 +70,11 @@ class LVPruningTrainer(SFTTrainer):
             handle = self._lvpruning._parts.backbone.register_forward_hook(
                 lambda module, args, output: captured.__setitem__("hidden", output.last_hidden_state)
             )
+        labels = inputs.get("labels")
+        answer = labels != -100 if config.hide_answer_from_modules and labels is not None else None
         try:
-            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            with self._lvpruning.hide_from_modules(answer):
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         finally:
             if handle is not None:
                 handle.remove()
