@@ -55,6 +55,7 @@ def test_train_writes_only_the_adapter_and_it_prunes(workspace: dict[str, str], 
     ]
     card = (out / "README.md").read_text()
     assert "- lvpruning" in card and "| 3 | 3 | 0.25 |" in card and "max_steps | 2" in card
+    assert json.loads((out / "adapter_config.json").read_text())["hide_answer_from_modules"] is True
     model = lvpeft.from_pretrained(str(out)).eval()  # base resolved from the adapter config
     ids = [1, 121] + [120] * 16 + [5, 6, 122]
     cache = DynamicCache(config=model.get_base_model().config.text_config)
@@ -168,3 +169,11 @@ def test_two_processes_under_accelerate(workspace: dict[str, str], tmp_path: Pat
     log = result.stdout + result.stderr
     assert "'train_runtime'" in log
     assert "distributed: DistributedType.MULTI_CPU world size: 2" in log
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], True), (["--hide_answer_from_modules", "false"], False)])
+def test_hide_answer_flag_reaches_the_config(flag: list[str], expected: bool) -> None:
+    from lvpeft.train_command import adapter_config, build_train_parser
+
+    ours, _ = build_train_parser().parse_args_into_dataclasses(["--model", "m", "--data", "d.json", *flag])
+    assert adapter_config(ours).hide_answer_from_modules is expected

@@ -20,7 +20,10 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # peft is imported when a run starts, not for `lvpeft train --help`
+    from .config import LVPruningConfig
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,13 @@ class TrainCommandArguments:
     ratio_loss_weight: float = field(default=2.0, metadata={"help": "lambda_ratio."})
     distill_weight: float = field(
         default=0.0, metadata={"help": "Weight of KL(unpruned || pruned); 0 = off."}
+    )
+    hide_answer_from_modules: bool = field(
+        default=True,
+        metadata={
+            "help": "The decision modules do not attend to the trained answer tokens, as at inference "
+            "(false: the paper's modules see them)."
+        },
     )
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in --output-dir."})
     keep_text_only: bool = field(default=False, metadata={"help": "Keep text-only rows (paper: dropped)."})
@@ -138,12 +148,26 @@ def train_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def adapter_config(ours: TrainCommandArguments) -> LVPruningConfig:
+    """The `LVPruningConfig` that `lvpeft train`'s options describe (validated on construction)."""
+    from .config import LVPruningConfig
+
+    return LVPruningConfig(
+        keep=ours.keep,
+        layers=[int(x) for x in ours.layers.split(",")] if ours.layers else None,
+        pruner_dim=int(ours.pruner_dim) if (ours.pruner_dim or "").isdigit() else ours.pruner_dim,
+        ratio_loss_weight=ours.ratio_loss_weight,
+        distill_weight=ours.distill_weight,
+        hide_answer_from_modules=ours.hide_answer_from_modules,
+        base_model_name_or_path=ours.model,
+    )
+
+
 def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     """The training run behind `lvpeft train` (see the module docstring); returns the trainer."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .config import LVPruningConfig
     from .data.llava_format import LLAVA_TRAINING_CHAT_TEMPLATE, load_llava_dataset
     from .model import get_lvpruning_model
     from .trainer import LVPruningTrainer
@@ -151,15 +175,7 @@ def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if ours.on_bad_rows not in ("skip", "raise"):
         raise ValueError(f"--on_bad_rows must be 'skip' or 'raise', got {ours.on_bad_rows!r}.")
-    layers = [int(x) for x in ours.layers.split(",")] if ours.layers else None
-    config = LVPruningConfig(
-        keep=ours.keep,
-        layers=layers,
-        pruner_dim=int(ours.pruner_dim) if (ours.pruner_dim or "").isdigit() else ours.pruner_dim,
-        ratio_loss_weight=ours.ratio_loss_weight,
-        distill_weight=ours.distill_weight,
-        base_model_name_or_path=ours.model,
-    )  # validated here, before anything is loaded
+    config = adapter_config(ours)  # validated here, before anything is loaded
     dataset, report = load_llava_dataset(
         ours.data,
         ours.image_folder,
