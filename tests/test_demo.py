@@ -110,6 +110,7 @@ def test_report_has_every_number_with_a_sane_value(demo: tuple[dict[str, Any], P
     assert report["timings"]["total"] >= report["timings"]["train"] > 0
     assert report["machine"] and report["test_examples"] == 12 and report["train_examples"] == 12
     assert report["training"]["last_log"]["step"] == SETTINGS.train_steps
+    assert report["training"]["hide_answer_from_modules"] is True  # the library default the demo trains with
     assert report["adapter_parameters"] > 0 and report["pruner_dim"] == 64  # the light default for d = 64
 
 
@@ -128,6 +129,7 @@ def test_pictures_and_plot_are_valid_pngs(demo: tuple[dict[str, Any], Path]) -> 
     markdown = (out / "report.md").read_text()
     assert all(f"]({name})" in markdown for name in files)
     assert "| unpruned model |" in markdown and "| random |" in markdown
+    assert "the answer hidden from the modules" in markdown
 
 
 def test_two_questions_on_one_image_record_their_kept_patches(demo: tuple[dict[str, Any], Path]) -> None:
