@@ -55,6 +55,8 @@ def test_with_keep_shifts_an_explicit_schedule() -> None:
         ({"ratio_loss_weight": -1}, "ratio_loss_weight"),
         ({"num_modules": 0}, "num_modules"),
         ({"hide_answer_from_modules": "no"}, "hide_answer_from_modules"),
+        ({"attention_distill_weight": -0.2}, "attention_distill_weight"),
+        ({"attention_distill_weight": "0.2"}, "attention_distill_weight"),
     ],
 )
 def test_invalid_values_name_field_value_and_range(kwargs: dict, field: str) -> None:

@@ -177,3 +177,11 @@ def test_hide_answer_flag_reaches_the_config(flag: list[str], expected: bool) ->
 
     ours, _ = build_train_parser().parse_args_into_dataclasses(["--model", "m", "--data", "d.json", *flag])
     assert adapter_config(ours).hide_answer_from_modules is expected
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], 0.0), (["--attention_distill_weight", "0.2"], 0.2)])
+def test_attention_distill_flag_reaches_the_config(flag: list[str], expected: float) -> None:
+    from lvpeft.train_command import adapter_config, build_train_parser
+
+    ours, _ = build_train_parser().parse_args_into_dataclasses(["--model", "m", "--data", "d.json", *flag])
+    assert adapter_config(ours).attention_distill_weight == expected

@@ -125,6 +125,15 @@ class LVPruningConfig(PeftConfig):
             "distributions on the trained positions (not in the paper); 0 turns it off."
         },
     )
+    attention_distill_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an optional listwise term on the LAST module (not in the paper): "
+            "KL(attention || softmax(scores)) between the attention the last prompt token pays to the "
+            "surviving vision tokens at that layer (heads averaged, FastV's signal, no gradient) and the "
+            "module's keep scores, so that the module also ranks what the model itself reads; 0 turns it off."
+        },
+    )
     hide_answer_from_modules: bool = field(
         default=True,
         metadata={
@@ -236,7 +245,7 @@ class LVPruningConfig(PeftConfig):
             _fail("pruner_ffn_mult", self.pruner_ffn_mult, "an integer >= 1")
         if not _is_number(self.gumbel_temperature) or self.gumbel_temperature <= 0:
             _fail("gumbel_temperature", self.gumbel_temperature, "a number > 0")
-        for name in ("ratio_loss_weight", "lm_loss_weight", "distill_weight"):
+        for name in ("ratio_loss_weight", "lm_loss_weight", "distill_weight", "attention_distill_weight"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
                 _fail(name, value, "a number >= 0")

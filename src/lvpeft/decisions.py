@@ -1,4 +1,5 @@
-"""Turning keep/drop logits into decisions: top-k at inference, hard Gumbel-Softmax in training.
+"""Turning keep/drop logits into decisions (top-k at inference, hard Gumbel-Softmax in training),
+and the training losses on them.
 
 Shapes: B batch, L slots of the current sequence. Candidates are the vision slots still alive;
 everything else is never selected here (the caller keeps language tokens unconditionally).
@@ -78,3 +79,28 @@ def ratio_loss(decisions: list[torch.Tensor], vision: torch.Tensor, ratios: list
         realised = (d.float() * vision).sum(dim=1)[has_vision] / counts[has_vision]
         losses.append(((rho - realised) ** 2).mean())
     return torch.stack(losses).mean()
+
+
+def attention_rank_loss(
+    scores: torch.Tensor, attention: torch.Tensor, candidates: torch.Tensor
+) -> torch.Tensor:
+    """Listwise loss mean_b KL(a_b || softmax(s_b)) over each row's candidates.
+
+    Args:
+        scores: (B, L) float keep scores of a module (the gradient flows into these).
+        attention: (B, L) float non-negative target weights (renormalised over the candidates; no gradient).
+        candidates: (B, L) bool, the slots the module ranks.
+
+    Returns:
+        A scalar float32 tensor, 0 when softmax(scores) equals the normalised attention (zero if no row
+        has candidates).
+    """
+    rows = candidates.any(dim=1)
+    if not bool(rows.any()):
+        return scores.new_zeros((), dtype=torch.float32)
+    target = attention.detach().float().masked_fill(~candidates, 0.0)
+    target = target / target.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    log_q = torch.log_softmax(scores.float().masked_fill(~candidates, float("-inf")), dim=1)
+    log_q = log_q.masked_fill(~candidates, 0.0)
+    kl = (target * (torch.log(target.clamp(min=1e-12)) - log_q)).sum(dim=1)  # (B,)
+    return kl[rows].mean()

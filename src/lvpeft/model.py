@@ -136,6 +136,7 @@ class LVPruningModel(BaseTuner):
             mode=self._mode,
             training=self.model.training,
             temperature=config.gumbel_temperature,
+            attention_distill=config.attention_distill_weight > 0,
         )
 
     def _check_checkpointing(self) -> None:

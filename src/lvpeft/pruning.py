@@ -41,8 +41,8 @@ from torch import nn
 from torch.profiler import record_function
 
 from .architecture import LlavaParts
-from .decisions import gumbel_keep, keep_counts, ratio_loss, select_top_k
-from .scorers import Scorer, ScoringContext
+from .decisions import attention_rank_loss, gumbel_keep, keep_counts, ratio_loss, select_top_k
+from .scorers import Scorer, ScoringContext, query_attention
 from .tokens import gather_slots, pack, scatter_slots
 
 STATE_ATTR = "_lvpruning_state"
@@ -70,6 +70,7 @@ class PruningPlan:
         mode: how eval-mode decisions are applied.
         training: use hard Gumbel-Softmax decisions and the masked softmax (no removal).
         temperature: Gumbel-Softmax temperature.
+        attention_distill: training: compute `PruningStats.attention_loss` at the last module.
     """
 
     positions: list[int]
@@ -78,6 +79,7 @@ class PruningPlan:
     mode: PruneMode = PruneMode.REMOVE
     training: bool = False
     temperature: float = 1.0
+    attention_distill: bool = False
 
     def stage_of(self, layer: int) -> int:
         """Index of the last module at or before decoder layer `layer` (-1 if none)."""
@@ -140,10 +142,13 @@ class PruningStats:
         ratio_loss: scalar, the keep-ratio loss of the last training forward (None in eval).
         keep_ratios: per module, the realised fraction of original vision tokens kept
             (mean over samples that have vision tokens).
+        attention_loss: scalar, the last module's attention-ranking loss of the last training forward
+            (`decisions.attention_rank_loss`; None unless the plan asks for it).
     """
 
     ratio_loss: torch.Tensor | None = None
     keep_ratios: list[float] = field(default_factory=list)
+    attention_loss: torch.Tensor | None = None
 
 
 @dataclass
@@ -161,6 +166,7 @@ class ForwardContext:
     cache: Any = None
     decode: bool = False
     soft_keep: torch.Tensor | None = None  # training: (B, L) cumulative decisions D
+    attention_loss: torch.Tensor | None = None  # training: the last module's attention-ranking loss
     unseen: torch.Tensor | None = None  # (B, L_in) bool: input slots the scorers must not read as language
     decisions: list[torch.Tensor] = field(default_factory=list)
     stage_keys: dict[int, StageKeys] = field(default_factory=dict)
@@ -344,6 +350,7 @@ class TokenPruner:
         self.stats = PruningStats(
             ratio_loss=ratio_loss(ctx.decisions, ctx.vision_orig, ctx.plan.ratios) if ctx.decisions else None,
             keep_ratios=ctx.keep_ratios,
+            attention_loss=ctx.attention_loss,
         )
         if ctx.cache is not None and ctx.stage_keys:
             self._attach_state(ctx)
@@ -376,6 +383,8 @@ class TokenPruner:
             logits = plan.scorers[stage](context)  # (B, L, 2)
         has_vision = ctx.num_vision > 0
         if plan.training:
+            if plan.attention_distill and stage == len(plan.ratios) - 1:
+                ctx.attention_loss = _attention_loss(context, logits, ctx.soft_keep.detach() > 0.5)
             decision = gumbel_keep(logits, plan.temperature) * candidates  # (B, L) hard, straight-through
             ctx.soft_keep = ctx.soft_keep * decision
             ctx.decisions.append(ctx.soft_keep)
@@ -564,6 +573,21 @@ def _cache_argument(kwargs: dict) -> Any:
     """The KV cache a forward received: `cache=` since transformers 5.24, `past_key_values=` before."""
     cache = kwargs.get("cache")
     return cache if cache is not None else kwargs.get("past_key_values")
+
+
+def _attention_loss(context: ScoringContext, logits: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """The last module's listwise loss against the attention its layer's last prompt token pays.
+
+    The query is each row's last language token the modules see (the last prompt token when the
+    answer is hidden); it attends to the language tokens and the vision tokens still kept (`alive`,
+    (B, L) bool, the forward values of the earlier decisions), with no gradient.
+    """
+    candidates = context.candidates & alive
+    slots = torch.arange(candidates.shape[1], device=candidates.device)
+    query = torch.where(context.language, slots, -1).amax(dim=1).clamp(min=0)  # (B,)
+    with torch.no_grad():
+        attention = query_attention(context, query, candidates | context.language)  # (B, L)
+    return attention_rank_loss(logits[..., 0] - logits[..., 1], attention, candidates)
 
 
 def _mean_ratio(kept: torch.Tensor, num_vision: torch.Tensor, has_vision: torch.Tensor) -> float:

@@ -72,6 +72,13 @@ class TrainCommandArguments:
     distill_weight: float = field(
         default=0.0, metadata={"help": "Weight of KL(unpruned || pruned); 0 = off."}
     )
+    attention_distill_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the last module's ranking loss against its layer's attention from the last "
+            "prompt token; 0 = off."
+        },
+    )
     hide_answer_from_modules: bool = field(
         default=True,
         metadata={
@@ -158,6 +165,7 @@ def adapter_config(ours: TrainCommandArguments) -> LVPruningConfig:
         pruner_dim=int(ours.pruner_dim) if (ours.pruner_dim or "").isdigit() else ours.pruner_dim,
         ratio_loss_weight=ours.ratio_loss_weight,
         distill_weight=ours.distill_weight,
+        attention_distill_weight=ours.attention_distill_weight,
         hide_answer_from_modules=ours.hide_answer_from_modules,
         base_model_name_or_path=ours.model,
     )

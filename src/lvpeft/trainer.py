@@ -1,6 +1,7 @@
 """`LVPruningTrainer`: TRL's `SFTTrainer` with LVPruning's loss.
 
-loss = lambda_lm * LM + lambda_ratio * ratio (+ lambda_kd * KL(base || pruned), optional)
+loss = lambda_lm * LM + lambda_ratio * ratio (+ lambda_kd * KL(base || pruned), + lambda_att * attention,
+both optional)
 
 - LM is SFTTrainer's own loss (fused LM head, normalised by the tokens of the whole
   gradient-accumulation step, scaled for DDP exactly as SFTTrainer does).
@@ -12,8 +13,11 @@ loss = lambda_lm * LM + lambda_ratio * ratio (+ lambda_kd * KL(base || pruned), 
 - KL distils the unpruned model's next-token distribution into the pruned one on the trained
   (label) positions: the teacher is the same model with the adapter disabled, run under no_grad,
   so no second copy of the model is needed. Off unless `LVPruningConfig.distill_weight > 0`.
+- attention is the last module's listwise loss against the attention its layer's last prompt token
+  pays to the vision tokens (`PruningStats.attention_loss`, computed by the pruning hooks; a
+  per-micro-batch mean, scaled like ratio). Off unless `LVPruningConfig.attention_distill_weight > 0`.
 
-Both terms (and the realised keep ratio after each module) are logged at every logging step.
+Every term (and the realised keep ratio after each module) is logged at every logging step.
 
 The decision modules do not see the answer they are trained on: the labelled tokens are hidden from
 their cross-attention (`LVPruningModel.hide_from_modules`), because at inference the modules run at
@@ -89,6 +93,10 @@ class LVPruningTrainer(SFTTrainer):
             steps = self._micro_batches(num_items_in_batch)
             loss = loss + config.ratio_loss_weight * stats.ratio_loss / steps
             self._log_metric(mode, "ratio_loss", stats.ratio_loss.detach())
+        if training and stats.attention_loss is not None:
+            steps = self._micro_batches(num_items_in_batch)
+            loss = loss + config.attention_distill_weight * stats.attention_loss / steps
+            self._log_metric(mode, "attention_loss", stats.attention_loss.detach())
         if distill and "hidden" in captured:
             kd = self._distillation_loss(model, inputs, captured["hidden"])
             loss = loss + config.distill_weight * kd / self._micro_batches(num_items_in_batch)
