@@ -111,6 +111,8 @@ def test_report_has_every_number_with_a_sane_value(demo: tuple[dict[str, Any], P
     assert report["machine"] and report["test_examples"] == 12 and report["train_examples"] == 12
     assert report["training"]["last_log"]["step"] == SETTINGS.train_steps
     assert report["training"]["hide_answer_from_modules"] is True  # the library default the demo trains with
+    assert report["training"]["attention_distill_weight"] == SETTINGS.attention_distill_weight > 0
+    assert report["training"]["last_log"]["attention_loss"] > 0  # the term was on and logged
     assert report["adapter_parameters"] > 0 and report["pruner_dim"] == 64  # the light default for d = 64
 
 
@@ -130,6 +132,7 @@ def test_pictures_and_plot_are_valid_pngs(demo: tuple[dict[str, Any], Path]) -> 
     assert all(f"]({name})" in markdown for name in files)
     assert "| unpruned model |" in markdown and "| random |" in markdown
     assert "the answer hidden from the modules" in markdown
+    assert f"attention-ranking weight {SETTINGS.attention_distill_weight:g}" in markdown
 
 
 def test_two_questions_on_one_image_record_their_kept_patches(demo: tuple[dict[str, Any], Path]) -> None:

@@ -62,6 +62,11 @@ class DemoSettings:
     - the answer hidden from the modules in training (the library default,
       `hide_answer_from_modules`): 92.0 % against 91.7 % with the paper's visible answer; on 1,000
       validation questions 89.9 / 90.1 % against 89.7 / 89.6 % (seeds 0 / 1).
+    - `attention_distill_weight=0.2`: the last module also learns to rank what the model itself reads
+      (the last prompt token's attention at that layer). Without it the last module keeps the
+      evidence but orders the objects of a crowded scene at random, since per-token training
+      decisions let it keep them all; 1,000 validation questions: 92.7 % against 89.9 % (weight 1:
+      88.8 %); the demo's test split: 93.7 % against 92.0 %.
 
     Attributes:
         train_steps: optimiser steps (one pass over `train_steps * batch_size` fresh scenes).
@@ -70,7 +75,8 @@ class DemoSettings:
         keep: final keep ratio the adapter is trained at (paper: 0.1).
         other_keeps: further keep ratios the trained adapter is evaluated at (`set_keep`).
         baselines_at_every_keep: also run the baselines at `other_keeps` (for the plot).
-        layers, keep_schedule, pruner_dim, gumbel_temperature, ratio_loss_weight, distill_weight:
+        layers, keep_schedule, pruner_dim, gumbel_temperature, ratio_loss_weight, distill_weight,
+        attention_distill_weight:
             `LVPruningConfig` fields (None: the library's default).
         learning_rate, warmup_ratio: the optimiser's schedule (cosine).
         eval_batch_size: batch size of evaluation (left padding).
@@ -92,6 +98,7 @@ class DemoSettings:
     gumbel_temperature: float = 1.0
     ratio_loss_weight: float = 20.0
     distill_weight: float = 1.0
+    attention_distill_weight: float = 0.2
     learning_rate: float = 3e-3
     warmup_ratio: float = 0.05
     eval_batch_size: int = 50
@@ -231,6 +238,7 @@ def train_adapter(
         gumbel_temperature=settings.gumbel_temperature,
         ratio_loss_weight=settings.ratio_loss_weight,
         distill_weight=settings.distill_weight,
+        attention_distill_weight=settings.attention_distill_weight,
     )
     model = get_lvpruning_model(base, config)
     args = SFTConfig(
@@ -267,7 +275,7 @@ def training_summary(trainer: Any, settings: DemoSettings) -> dict[str, Any]:
     """Hyper-parameters and the first and last logged losses and keep ratios."""
     logs = [e for e in trainer.state.log_history if "lm_loss" in e]
     ratios = sorted(k for k in (logs[-1] if logs else {}) if k.startswith("keep_ratio/"))
-    keys = ["step", "lm_loss", "ratio_loss", *ratios]
+    keys = ["step", "lm_loss", "ratio_loss", "attention_loss", *ratios]
     return {
         "steps": settings.train_steps,
         "batch_size": settings.batch_size,
@@ -275,6 +283,7 @@ def training_summary(trainer: Any, settings: DemoSettings) -> dict[str, Any]:
         "gumbel_temperature": settings.gumbel_temperature,
         "ratio_loss_weight": settings.ratio_loss_weight,
         "distill_weight": settings.distill_weight,
+        "attention_distill_weight": settings.attention_distill_weight,
         "hide_answer_from_modules": trainer.lvpruning_config.hide_answer_from_modules,
         "first_log": {k: logs[0][k] for k in keys if k in logs[0]} if logs else {},
         "last_log": {k: logs[-1][k] for k in keys if k in logs[-1]} if logs else {},
