@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -77,15 +75,3 @@ def test_the_loss_trains_the_last_module_only_and_is_off_by_default() -> None:
     with torch.no_grad():
         model(**batch(PROMPTS))
     assert lvpruning_tuner(model).pruning_stats.attention_loss is None  # inference never computes it
-
-
-def test_trainer_adds_the_weighted_term_and_logs_it(tmp_path: Path) -> None:
-    from test_trainer import make_trainer
-
-    trainer = make_trainer(tmp_path, LVPruningConfig(keep=0.25, attention_distill_weight=0.5), max_steps=1)
-    trainer.train()
-    entry = next(e for e in trainer.state.log_history if "loss" in e)
-    assert entry["attention_loss"] > 0
-    assert entry["loss"] == pytest.approx(
-        entry["lm_loss"] + 2.0 * entry["ratio_loss"] + 0.5 * entry["attention_loss"], rel=1e-4
-    )

@@ -1,4 +1,4 @@
-"""LVPruningTrainer: TRL's SFTTrainer with the LM + ratio (+ distillation) loss."""
+"""LVPruningTrainer: TRL's SFTTrainer with the LM + ratio (+ distillation, + attention ranking) loss."""
 
 from __future__ import annotations
 
@@ -123,6 +123,16 @@ def test_distillation_term_is_logged_and_trains(tmp_path: Path) -> None:
     assert entry["distill_loss"] > 0
     assert entry["loss"] == pytest.approx(
         entry["lm_loss"] + 2.0 * entry["ratio_loss"] + entry["distill_loss"], rel=1e-4
+    )
+
+
+def test_attention_ranking_term_is_added_and_logged(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, LVPruningConfig(keep=0.25, attention_distill_weight=0.5), max_steps=1)
+    trainer.train()
+    entry = next(e for e in trainer.state.log_history if "loss" in e)
+    assert entry["attention_loss"] > 0
+    assert entry["loss"] == pytest.approx(
+        entry["lm_loss"] + 2.0 * entry["ratio_loss"] + 0.5 * entry["attention_loss"], rel=1e-4
     )
 
 
