@@ -116,23 +116,17 @@ def test_gradient_accumulation_equals_the_large_batch(
         assert error < 1e-2, (name, error.item())
 
 
-def test_distillation_term_is_logged_and_trains(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path, LVPruningConfig(keep=0.25, distill_weight=1.0), max_steps=1)
+@pytest.mark.parametrize(
+    ("field", "weight", "logged"),
+    [("distill_weight", 1.0, "distill_loss"), ("attention_distill_weight", 0.5, "attention_loss")],
+)
+def test_optional_term_is_logged_and_added(tmp_path: Path, field: str, weight: float, logged: str) -> None:
+    trainer = make_trainer(tmp_path, LVPruningConfig(keep=0.25, **{field: weight}), max_steps=1)
     trainer.train()
     entry = next(e for e in trainer.state.log_history if "loss" in e)
-    assert entry["distill_loss"] > 0
+    assert entry[logged] > 0
     assert entry["loss"] == pytest.approx(
-        entry["lm_loss"] + 2.0 * entry["ratio_loss"] + entry["distill_loss"], rel=1e-4
-    )
-
-
-def test_attention_ranking_term_is_added_and_logged(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path, LVPruningConfig(keep=0.25, attention_distill_weight=0.5), max_steps=1)
-    trainer.train()
-    entry = next(e for e in trainer.state.log_history if "loss" in e)
-    assert entry["attention_loss"] > 0
-    assert entry["loss"] == pytest.approx(
-        entry["lm_loss"] + 2.0 * entry["ratio_loss"] + 0.5 * entry["attention_loss"], rel=1e-4
+        entry["lm_loss"] + 2.0 * entry["ratio_loss"] + weight * entry[logged], rel=1e-4
     )
 
 

@@ -89,17 +89,16 @@ class LVPruningTrainer(SFTTrainer):
         self._log_metric(mode, "lm_loss", lm_loss.detach() * self._lm_loss_display_scale(num_items_in_batch))
         for i, ratio in enumerate(stats.keep_ratios):
             self._log_metric(mode, f"keep_ratio/{i + 1}", torch.tensor(ratio, device=lm_loss.device))
+        steps = self._micro_batches(num_items_in_batch)  # the per-micro-batch terms are divided by it
         if training and stats.ratio_loss is not None:
-            steps = self._micro_batches(num_items_in_batch)
             loss = loss + config.ratio_loss_weight * stats.ratio_loss / steps
             self._log_metric(mode, "ratio_loss", stats.ratio_loss.detach())
         if training and stats.attention_loss is not None:
-            steps = self._micro_batches(num_items_in_batch)
             loss = loss + config.attention_distill_weight * stats.attention_loss / steps
             self._log_metric(mode, "attention_loss", stats.attention_loss.detach())
         if distill and "hidden" in captured:
             kd = self._distillation_loss(model, inputs, captured["hidden"])
-            loss = loss + config.distill_weight * kd / self._micro_batches(num_items_in_batch)
+            loss = loss + config.distill_weight * kd / steps
             self._log_metric(mode, "distill_loss", kd.detach())
         return (loss, outputs) if return_outputs else loss
 
