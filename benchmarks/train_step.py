@@ -30,7 +30,7 @@ CONFIGS = {
 
 
 def build(cfg: dict, attn: str):
-    from lvpeft.bench import build_llava
+    from lvpeft.measure.bench_models import build_llava
 
     model = build_llava(
         hidden=cfg["hidden"],

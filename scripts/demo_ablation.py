@@ -1,7 +1,7 @@
 """Train the demo's adapter under several settings and compare them on the demo's test split
 (or, with `--split validation`, on validation questions: the demo never reports those).
 
-Each variant is `lvpeft.demo.DEFAULT_SETTINGS` with some fields replaced; it is trained on the same
+Each variant is `lvpeft.demo.settings.DEFAULT_SETTINGS` with some fields replaced; it is trained on the same
 data with the same seed as `lvpeft demo`, then evaluated with greedy `generate()` at keep 0.1 (the
 adapter) next to the base model and, once, the training-free baselines at the same budget. Prints one
 line per variant and a JSON summary; this is how the demo's settings and the library's default module
@@ -26,19 +26,11 @@ from typing import Any
 
 import torch
 
-from lvpeft.data.scenes import make_split
-from lvpeft.demo import (
-    DEFAULT_SETTINGS,
-    SCORERS,
-    DemoSettings,
-    evaluate,
-    evidence_kept,
-    kept_patches,
-    load_base,
-    prepare_data,
-    scorer_variants,
-    train_adapter,
-)
+from lvpeft.demo.evaluation import evaluate, evidence_kept, kept_patches, scorer_variants
+from lvpeft.demo.questions import make_split
+from lvpeft.demo.settings import DEFAULT_SETTINGS, SCORERS, DemoSettings
+from lvpeft.demo.tiny_model import load_base
+from lvpeft.demo.training import prepare_data, train_adapter
 
 RECORDED_VARIANTS: tuple[str, ...] = (
     "",  # the demo's settings

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 
 import lvpeft
-from lvpeft.data.scenes import VQAExample, make_split
-from lvpeft.demo import evaluate, kept_patches, load_base, scorer_variants
-from lvpeft.model import lvpruning_tuner
-from lvpeft.scorers import LearnedScorer, RandomScorer, Scorer, ScoringContext, UniformScorer
-from lvpeft.tiny_model import generate_answers
+from lvpeft.demo.evaluation import evaluate, kept_patches, scorer_variants
+from lvpeft.demo.questions import VQAExample, make_split
+from lvpeft.demo.tiny_model import generate_answers, load_base
+from lvpeft.pruning.scorers import LearnedScorer, RandomScorer, Scorer, ScoringContext, UniformScorer
+from lvpeft.tuner.model import lvpruning_tuner
 
 EVIDENCE_BONUS = 1e4
 """Added to the keep logit of evidence patches: larger than any score the fill scorers give."""

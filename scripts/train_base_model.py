@@ -1,7 +1,7 @@
 """Train the tiny LLaVA that lvpeft ships as its embedded base model.
 
-The model (:func:`lvpeft.tiny_model.build_tiny_llava`) learns the synthetic scenes VQA task
-(:mod:`lvpeft.data.scenes`) from scratch on a CPU. Two losses:
+The model (:func:`lvpeft.demo.tiny_model.build_tiny_llava`) learns the synthetic scenes VQA task
+(:mod:`lvpeft.demo.scenes`) from scratch on a CPU. Two losses:
 
 * next-token cross-entropy on the answer word and the ``</s>`` after it (never on the prompt or
   the image tokens);
@@ -38,8 +38,9 @@ import transformers
 from torch import nn
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-from lvpeft.data.scenes import Question, SceneConfig, VQAExample, ask_question, iter_split, make_split
-from lvpeft.tiny_model import (
+from lvpeft.demo.questions import Question, VQAExample, ask_question, iter_split, make_split
+from lvpeft.demo.scenes import SceneConfig
+from lvpeft.demo.tiny_model import (
     NUM_IMAGE_TOKENS,
     SHIPPED_BASE_DIR,
     build_processor,
@@ -551,7 +552,7 @@ def write_readme(out: Path, record: dict) -> None:
 
 A `transformers.LlavaForConditionalGeneration` with the classes LLaVA-1.5 uses (CLIP vision tower,
 2-layer GELU projector, Llama decoder), trained from scratch on the synthetic scenes VQA task of
-`lvpeft.data.scenes` so that tests, the demo and the notebooks have a real, offline base model.
+`lvpeft.demo.scenes` so that tests, the demo and the notebooks have a real, offline base model.
 
 | | |
 |---|---|
@@ -568,7 +569,7 @@ word-level vocabulary |
 | training time | {minutes} min, {record["threads"]} CPU thread, {steps} steps |
 | made with | torch {record["versions"]["torch"]}, transformers {record["versions"]["transformers"]} |
 
-Load it with `lvpeft.tiny_model.load_shipped_base()` (safetensors only).
+Load it with `lvpeft.demo.tiny_model.load_shipped_base()` (safetensors only).
 
 ## How it was made
 

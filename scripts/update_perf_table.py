@@ -21,7 +21,8 @@ PAPER = {"base": 8.38, "rho=0.6": 3.97, "rho=0.5": 3.18, "rho=0.45": 2.79}
 
 def flops_table() -> str:
     """The paper's FLOPs table next to lvpeft's count, for the paper's module and a light one."""
-    from lvpeft.flops import estimate_flops, llava_1_5_7b_config
+    from lvpeft.measure.flops_command import llava_1_5_7b_config
+    from lvpeft.tuner.flops import estimate_flops
 
     config = llava_1_5_7b_config()
     rows = [
@@ -48,7 +49,8 @@ def flops_table() -> str:
 
 def bench_table(repeats: int) -> str:
     """Measured prefill/decode/KV cache on this machine, base vs pruned, from `lvpeft bench`."""
-    from lvpeft.bench import build_default_model, run_bench
+    from lvpeft.measure.bench import run_bench
+    from lvpeft.measure.bench_models import build_default_model
 
     lines = [
         "| attention | batch | prefill base ms | prefill pruned ms | prefill speed-up | FLOPs speed-up | "

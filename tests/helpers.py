@@ -108,7 +108,7 @@ def tiny_processor(chat_template: str | None = None):
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
 
-    from lvpeft.data.llava_format import LLAVA_TRAINING_CHAT_TEMPLATE
+    from lvpeft.training.data.llava_format import LLAVA_TRAINING_CHAT_TEMPLATE
 
     vocab = {"<pad>": PAD, "<s>": 1, "</s>": 2, "<unk>": 3}
     vocab.update({f"w{i}": i for i in range(4, IMAGE_TOKEN)})
@@ -205,7 +205,7 @@ def expected_cache_lengths(
     its text tokens plus `keep_counts(n_vision, ratios[s])` vision tokens, re-packed with left padding
     (so the batch holds the maximum over samples). Text-only batches are never pruned.
     """
-    from lvpeft.decisions import keep_counts
+    from lvpeft.pruning.decisions import keep_counts
 
     padded = max(len(p) for p in prompts)
     n_vision = torch.tensor([sum(t == IMAGE_TOKEN for t in p) for p in prompts])

@@ -7,7 +7,7 @@ import torch
 
 from helpers import IMAGE_TOKEN, batch, prompt_ids, randomize_heads, tiny_llava
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
-from lvpeft.layer import DecisionModule
+from lvpeft.tuner.layer import DecisionModule
 
 ANSWER = [7, 8, 9]
 

@@ -7,8 +7,8 @@ import torch
 
 from helpers import batch, prompt_ids, tiny_llava
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
-from lvpeft.decisions import attention_rank_loss
-from lvpeft.scorers import ScoringContext, query_attention
+from lvpeft.pruning.decisions import attention_rank_loss
+from lvpeft.pruning.scorers import ScoringContext, query_attention
 
 PROMPTS = [prompt_ids(1, 3, 4, seed) for seed in range(3)]  # equal lengths: no padding
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from helpers import tiny_llava
-from lvpeft.bench import interleaved_times, paired_speedup, run_bench
-from lvpeft.breakdown import MODEL_STEPS, PRUNING_STEPS, format_breakdown
 from lvpeft.cli import main
+from lvpeft.measure.bench import run_bench
+from lvpeft.measure.breakdown import MODEL_STEPS, PRUNING_STEPS, format_breakdown
+from lvpeft.measure.timing import interleaved_times, paired_speedup
 
 
 def test_bench_report_is_consistent() -> None:

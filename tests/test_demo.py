@@ -21,9 +21,17 @@ from PIL import Image
 
 from lvpeft import LVPruningConfig, get_lvpruning_model
 from lvpeft.cli import build_parser, main
-from lvpeft.data.scenes import make_split
-from lvpeft.demo import QUICK_SETTINGS, SCORERS, kept_patches, load_base, run_demo
-from lvpeft.tiny_model import SHIPPED_BASE_DIR, build_processor, build_tiny_config, build_tiny_llava
+from lvpeft.demo.evaluation import kept_patches
+from lvpeft.demo.pipeline import run_demo
+from lvpeft.demo.questions import make_split
+from lvpeft.demo.settings import QUICK_SETTINGS, SCORERS
+from lvpeft.demo.tiny_model import (
+    SHIPPED_BASE_DIR,
+    build_processor,
+    build_tiny_config,
+    build_tiny_llava,
+    load_base,
+)
 
 # a few steps and questions: every phase runs, in ~20 s on one CPU core
 SETTINGS = replace(
@@ -212,8 +220,8 @@ def test_quick_demo_on_the_shipped_base(tmp_path: Path) -> None:
 
 def test_demo_settings_choose_module_positions_and_schedule(stand_in: Path, tmp_path: Path) -> None:
     """`layers` and `keep_schedule` reach the adapter (scripts/demo_ablation.py varies them)."""
-    from lvpeft.demo import prepare_data, train_adapter
-    from lvpeft.model import lvpruning_tuner
+    from lvpeft.demo.training import prepare_data, train_adapter
+    from lvpeft.tuner.model import lvpruning_tuner
 
     settings = replace(
         SETTINGS, train_steps=1, batch_size=2, test_examples=2, layers=(2, 3), keep_schedule=(0.3, 0.1)

@@ -29,7 +29,7 @@ from transformers import LlavaForConditionalGeneration
 import lvpeft
 from helpers import batch, cache_lengths, expected_cache_lengths, prompt_ids, randomize_heads, tiny_llava
 from lvpeft import LVPruningConfig, get_lvpruning_model
-from lvpeft.devices import layer_placement
+from lvpeft.tuner.devices import layer_placement
 
 PROMPTS = [prompt_ids(1, 3, 5, 0), prompt_ids(2, 1, 4, 2)]
 INPUTS = batch(PROMPTS)

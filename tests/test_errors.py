@@ -15,11 +15,12 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, LlavaForCo
 import lvpeft
 from helpers import batch, prompt_ids, tiny_llava, write_llava_json
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
-from lvpeft.data.llava_format import load_llava_dataset
-from lvpeft.data.scenes import SceneConfig, iter_split
-from lvpeft.flops import load_model_config
-from lvpeft.scorers import RandomScorer
-from lvpeft.train_command import TrainCommandArguments, run_training
+from lvpeft.demo.questions import iter_split
+from lvpeft.demo.scenes import SceneConfig
+from lvpeft.measure.flops_command import load_model_config
+from lvpeft.pruning.scorers import RandomScorer
+from lvpeft.training.data.llava_format import load_llava_dataset
+from lvpeft.training.train_command import TrainCommandArguments, run_training
 
 INPUTS = batch([prompt_ids(1, 3, 5, 0)])
 

@@ -1,4 +1,4 @@
-"""Tests of `lvpeft.flops`: the paper's FLOPs table, cross-checks against torch's FLOP counter on tiny
+"""Tests of `lvpeft.tuner.flops`: the paper's FLOPs table, cross-checks against torch's FLOP counter on tiny
 real models, monotonicity, input validation and the `flops` subcommand."""
 
 from __future__ import annotations
@@ -12,17 +12,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from lvpeft.config import LVPruningConfig, default_pruner_dim
-from lvpeft.flops import (
+from lvpeft.measure.flops_command import add_flops_command, llava_1_5_7b_config, paper_schedule
+from lvpeft.tuner.config import LVPruningConfig
+from lvpeft.tuner.flops import (
     FlopsReport,
-    add_flops_command,
     decision_module_flops,
     decoder_layer_flops,
     estimate_flops,
-    llava_1_5_7b_config,
-    paper_schedule,
 )
-from lvpeft.layer import DecisionModule
+from lvpeft.tuner.layer import DecisionModule, default_pruner_dim
 
 PAPER_LAYERS = [1, 8, 16]
 # METHOD.md: LLaVA-1.5-7B, 1 image + 30 text tokens, TFLOPs and reduction vs base.

@@ -41,7 +41,7 @@ from helpers import (
     tiny_processor,
 )
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
-from lvpeft.decisions import keep_counts
+from lvpeft.pruning.decisions import keep_counts
 
 ATOL = 1e-5
 PROMPTS = [prompt_ids(1, 3, 5, 0), prompt_ids(0, 2, 9, 1), prompt_ids(2, 1, 4, 2)]

@@ -1,4 +1,4 @@
-"""Tests for :mod:`lvpeft.data.llava_format`: loading, validation, and TRL's label masking end to end."""
+"""Tests for :mod:`lvpeft.training.data.llava_format`: loading, validation, TRL's label masking end to end."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import is_chat_template_stop_token_trained
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from lvpeft.data import llava_format
-from lvpeft.data.llava_format import (
+from lvpeft.training.data import llava_format
+from lvpeft.training.data.llava_format import (
     LLAVA_FEATURES,
     LLAVA_TRAINING_CHAT_TEMPLATE,
     REASONS,
@@ -365,7 +365,7 @@ def test_report_counts_every_reason_keeps_the_first_rows_and_logs(
         {"id": f"m{i}", "image": f"img/m{i}.png", "conversations": turns("<image>", "a")} for i in range(25)
     ]
     rows = [*missing, SINGLE, BAD_ROWS["gpt_first"][0], TEXT_ONLY]
-    with caplog.at_level(logging.WARNING, logger="lvpeft.data.llava_format"):
+    with caplog.at_level(logging.WARNING, logger="lvpeft.training.data.llava_format"):
         ds, report = load_llava_dataset(write_rows(data_dir, rows), data_dir)
     assert ds["id"] == ["single"]
     assert report.skipped_by_reason == {"missing_image": 25, "bad_role_order": 1}

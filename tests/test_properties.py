@@ -35,7 +35,7 @@ from helpers import (
     unbatch,
 )
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
-from lvpeft.decisions import keep_counts
+from lvpeft.pruning.decisions import keep_counts
 
 DEPTH = 4  # decoder layers of tiny_llava
 ATOL = 1e-5

@@ -9,17 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lvpeft.data.scenes import (
-    NUMBER_WORDS,
-    QUESTION_KINDS,
-    SceneConfig,
-    VQAExample,
-    answer_vocabulary,
-    export_llava_json,
-    make_split,
-    split_of_layout,
-    vocabulary,
-)
+from lvpeft.demo.questions import VQAExample, answer_vocabulary, export_llava_json, make_split, vocabulary
+from lvpeft.demo.scenes import NUMBER_WORDS, QUESTION_KINDS, SceneConfig, split_of_layout
 
 CONFIG = SceneConfig()
 

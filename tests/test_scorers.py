@@ -9,7 +9,7 @@ import torch
 
 from helpers import IMAGE_TOKEN, batch, prompt_ids, tiny_llava
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
-from lvpeft.scorers import BASELINES, FastVScorer, ScoringContext, UniformScorer
+from lvpeft.pruning.scorers import BASELINES, FastVScorer, ScoringContext, UniformScorer
 
 PROMPTS = [prompt_ids(1, 3, 5, 0), prompt_ids(0, 2, 9, 1), prompt_ids(2, 1, 4, 2)]
 

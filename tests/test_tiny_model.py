@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-from lvpeft.data.scenes import make_split, vocabulary
-from lvpeft.tiny_model import (
+from lvpeft.demo.questions import make_split, vocabulary
+from lvpeft.demo.tiny_model import (
     NUM_IMAGE_TOKENS,
     SHIPPED_BASE_DIR,
     asks_question_first,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lvpeft.tokens import gather_slots, pack, scatter_slots
+from lvpeft.pruning.tokens import gather_slots, pack, scatter_slots
 
 
 def _masks() -> torch.Tensor:

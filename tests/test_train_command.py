@@ -129,7 +129,7 @@ from accelerate import PartialState
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from lvpeft.train_command import build_train_parser, normalise_argv, run_training
+from lvpeft.training.train_command import build_train_parser, normalise_argv, run_training
 
 ours, sft_args = build_train_parser().parse_args_into_dataclasses(args=normalise_argv(sys.argv[2:]))
 trainer = run_training(ours, sft_args)
@@ -173,7 +173,7 @@ def test_two_processes_under_accelerate(workspace: dict[str, str], tmp_path: Pat
 
 @pytest.mark.parametrize(("flag", "expected"), [([], True), (["--hide_answer_from_modules", "false"], False)])
 def test_hide_answer_flag_reaches_the_config(flag: list[str], expected: bool) -> None:
-    from lvpeft.train_command import adapter_config, build_train_parser
+    from lvpeft.training.train_command import adapter_config, build_train_parser
 
     ours, _ = build_train_parser().parse_args_into_dataclasses(["--model", "m", "--data", "d.json", *flag])
     assert adapter_config(ours).hide_answer_from_modules is expected
@@ -181,7 +181,7 @@ def test_hide_answer_flag_reaches_the_config(flag: list[str], expected: bool) ->
 
 @pytest.mark.parametrize(("flag", "expected"), [([], 0.0), (["--attention_distill_weight", "0.2"], 0.2)])
 def test_attention_distill_flag_reaches_the_config(flag: list[str], expected: float) -> None:
-    from lvpeft.train_command import adapter_config, build_train_parser
+    from lvpeft.training.train_command import adapter_config, build_train_parser
 
     ours, _ = build_train_parser().parse_args_into_dataclasses(["--model", "m", "--data", "d.json", *flag])
     assert adapter_config(ours).attention_distill_weight == expected

@@ -12,10 +12,10 @@ from PIL import Image
 from trl import SFTConfig
 
 import lvpeft
-import lvpeft.pruning
+import lvpeft.pruning.hooks
 from helpers import tiny_llava, tiny_processor
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
-from lvpeft.trainer import LVPruningTrainer
+from lvpeft.training.trainer import LVPruningTrainer
 
 
 def toy_dataset(n: int = 16, seed: int = 0) -> Dataset:
@@ -93,7 +93,7 @@ def test_gradient_accumulation_equals_the_large_batch(
         soft = torch.softmax(logits.float() / temperature, dim=-1)[..., 0]
         return (soft > 0.5).float() - soft.detach() + soft
 
-    monkeypatch.setattr(lvpeft.pruning, "gumbel_keep", deterministic)
+    monkeypatch.setattr(lvpeft.pruning.hooks, "gumbel_keep", deterministic)
     results = []
     for batch_size, accumulation in ((4, 1), (2, 2)):
         trainer = make_trainer(

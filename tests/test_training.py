@@ -7,8 +7,8 @@ import torch
 
 from helpers import IMAGE_TOKEN, batch, prompt_ids, tiny_llava
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
-from lvpeft.decisions import gumbel_keep, keep_counts, ratio_loss, select_top_k
-from lvpeft.pruning import MASK_EPS
+from lvpeft.pruning.decisions import gumbel_keep, keep_counts, ratio_loss, select_top_k
+from lvpeft.pruning.masks import MASK_EPS
 
 PROMPTS = [prompt_ids(1, 3, 5, 0), prompt_ids(2, 1, 5, 1), prompt_ids(0, 4, 4, 2)]
 

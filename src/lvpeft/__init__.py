@@ -5,16 +5,23 @@ from lvpeft import LVPruningConfig, get_lvpruning_model
 model = get_lvpruning_model(llava_model, LVPruningConfig(keep=0.1))  # a peft.PeftModel
 ```
 
+The package is laid out by concept: `pruning/` (scorers and the machinery that removes tokens),
+`tuner/` (the PEFT method), `training/`, `measure/` and `demo/` on top, and a thin `cli.py`.
+
 Importing this package registers the `LVPRUNING` PEFT method, so `peft.PeftModel.from_pretrained`
 and transformers' `model.load_adapter` can load LVPruning adapters.
 """
 
-from .config import LVPruningConfig
-from .layer import DecisionModule
-from .loading import from_pretrained
-from .model import LVPruningModel, get_lvpruning_model, lvpruning_tuner  # importing it registers the method
-from .pruning import PruneMode, PruningStats
-from .registration import PEFT_TYPE
+from .pruning.plan import PruneMode, PruningStats
+from .tuner.config import LVPruningConfig
+from .tuner.layer import DecisionModule
+from .tuner.loading import from_pretrained
+from .tuner.model import (  # importing it registers the method
+    LVPruningModel,
+    get_lvpruning_model,
+    lvpruning_tuner,
+)
+from .tuner.registration import PEFT_TYPE
 
 __version__ = "0.1.0"
 

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .bench import add_bench_command
-from .demo import add_demo_command
-from .flops import add_flops_command
+from .demo.demo_command import add_demo_command
+from .measure.bench import add_bench_command
+from .measure.flops_command import add_flops_command
 
 
 def add_inspect_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def inspect_command(args: argparse.Namespace) -> int:
     """Handler of `lvpeft inspect`."""
     from safetensors import safe_open
 
-    from .loading import check_adapter_weights, load_adapter_config
+    from .tuner.loading import check_adapter_weights, load_adapter_config
 
     config = load_adapter_config(args.adapter)
     weights = check_adapter_weights(args.adapter)
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lvpeft` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":  # its own HfArgumentParser takes every SFTConfig option
-        from .train_command import train_command
+        from .training.train_command import train_command
 
         command, run = "train", lambda: train_command(argv[1:])
     else:

@@ -1,0 +1,352 @@
+"""What `lvpeft demo` writes: report.json, report.md, a printed table and two kinds of pictures.
+
+- an accuracy-vs-keep plot (one line per scorer, the unpruned model as a dashed line);
+- for one test image and two questions, the image as each decision module leaves it: patches still
+  alive are shown as they are, dropped ones faded (one panel per module, one row per question).
+
+Everything is drawn with PIL (no plotting dependency). The functions here only render what
+`lvpeft.demo.pipeline` measured; nothing is computed from the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+WASH = 0.8
+"""How far a dropped patch is faded towards light grey in the kept-patch pictures (0: not at all)."""
+SCALE = 3
+"""Up-scaling of the 96 px scene images in the pictures (nearest neighbour, patches stay crisp)."""
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "lvpruning": (214, 39, 40),
+    "random": (127, 127, 127),
+    "uniform": (31, 119, 180),
+    "fastv": (44, 160, 44),
+}
+"""Line colour of each scorer in the plot."""
+LABELS: dict[str, str] = {
+    "base": "unpruned model",
+    "lvpruning": "LVPruning (trained)",
+    "random": "random",
+    "uniform": "uniform",
+    "fastv": "FastV-style",
+}
+"""Display name of each scorer."""
+
+
+@dataclass
+class PictureRow:
+    """One question about the pictured image and what each module kept for it.
+
+    Attributes:
+        question: the question text.
+        answer: the true answer.
+        prediction: the pruned model's answer.
+        region: row-major patch indices that hold the evidence for the answer.
+        kept: per module, the row-major patch indices still alive after it (sorted).
+    """
+
+    question: str
+    answer: str
+    prediction: str
+    region: Sequence[int]
+    kept: Sequence[Sequence[int]]
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+# -- kept patches -----------------------------------------------------------------------------------
+
+
+def draw_kept_patches(
+    image: Image.Image,
+    rows: Sequence[PictureRow],
+    patch_size: int,
+    layers: Sequence[int],
+    path: str | Path,
+) -> Path:
+    """Draw `image` once per module and question with the dropped patches faded; save a PNG.
+
+    The first panel of each row is the image with the evidence patches outlined; panel `s + 1`
+    shows what is alive after module `s` (placed before decoder layer `layers[s]`).
+    """
+    image = image.convert("RGB")
+    side = image.width * SCALE
+    per_side = image.width // patch_size
+    cell = patch_size * SCALE
+    gap, header, caption = 12, 46, 22
+    columns = 1 + len(layers)
+    width = columns * side + (columns + 1) * gap
+    height = len(rows) * (header + caption + side + gap) + gap
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    big, small = _font(15), _font(13)
+    large = image.resize((side, side), Image.NEAREST)
+    faded = Image.blend(large, Image.new("RGB", large.size, (236, 236, 236)), WASH)
+    y = gap
+    for row in rows:
+        mark = "correct" if row.prediction == row.answer else "wrong"
+        draw.text((gap, y), f"Q: {row.question}", fill=(0, 0, 0), font=big)
+        draw.text(
+            (gap, y + 22),
+            f"answer: {row.answer}   pruned model says: {row.prediction or '(nothing)'} ({mark})",
+            fill=(60, 60, 60),
+            font=small,
+        )
+        top = y + header + caption
+        panels = [("image, evidence outlined", large.copy(), None)]
+        panels += [
+            (f"after module {s + 1} (layer {p}): {len(kept)} kept", None, kept)
+            for s, (p, kept) in enumerate(zip(layers, row.kept))
+        ]
+        for c, (title, panel, kept) in enumerate(panels):
+            left = gap + c * (side + gap)
+            if panel is None:
+                panel = faded.copy()
+                for index in kept or ():
+                    r, q = divmod(int(index), per_side)
+                    box = (q * cell, r * cell, (q + 1) * cell, (r + 1) * cell)
+                    panel.paste(large.crop(box), box[:2])
+            else:
+                outline = ImageDraw.Draw(panel)
+                for index in row.region:
+                    r, q = divmod(int(index), per_side)
+                    outline.rectangle(
+                        (q * cell, r * cell, (q + 1) * cell - 1, (r + 1) * cell - 1), outline=(255, 255, 255)
+                    )
+            draw.text((left, top - caption + 2), title, fill=(0, 0, 0), font=small)
+            canvas.paste(panel, (left, top))
+        y = top + side + gap
+    path = Path(path)
+    canvas.save(path)
+    return path
+
+
+# -- accuracy vs keep -------------------------------------------------------------------------------
+
+
+def plot_accuracy_vs_keep(
+    series: Mapping[str, Mapping[float, float]],
+    base_accuracy: float,
+    path: str | Path,
+    title: str = "Test accuracy vs keep ratio",
+) -> Path:
+    """Line plot of accuracy (y) against the final keep ratio (x), one line per scorer; save a PNG.
+
+    `series` maps a scorer name (see `LABELS`) to {keep: accuracy}; the unpruned model is drawn as a
+    dashed horizontal line at `base_accuracy`.
+    """
+    width, height = 760, 500
+    left, right, top, bottom = 70, 190, 50, 60
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font, small = _font(15), _font(12)
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    # the y axis spans the measured accuracies, rounded out to tenths (differences stay visible)
+    values = [base_accuracy, *(float(v) for points in series.values() for v in points.values())]
+    low = max(0.0, math.floor((min(values) - 0.02) * 10) / 10)
+    high = min(1.0, math.ceil((max(values) + 0.02) * 10) / 10)
+    step = 0.1 if high - low <= 0.5 else 0.2
+
+    def xy(keep: float, accuracy: float) -> tuple[float, float]:
+        return left + keep * plot_w, top + (high - accuracy) / (high - low) * plot_h
+
+    for i in range(6):
+        x, _ = xy(0.2 * i, low)
+        draw.line([(x, top), (x, top + plot_h)], fill=(228, 228, 228))
+        draw.text((x - 9, top + plot_h + 6), f"{0.2 * i:.1f}", fill=(0, 0, 0), font=small)
+    for i in range(round((high - low) / step) + 1):
+        _, y = xy(0.0, low + step * i)
+        draw.line([(left, y), (left + plot_w, y)], fill=(228, 228, 228))
+        draw.text((left - 34, y - 7), f"{low + step * i:.1f}", fill=(0, 0, 0), font=small)
+    draw.rectangle((left, top, left + plot_w, top + plot_h), outline=(0, 0, 0))
+    draw.text((left, 16), title, fill=(0, 0, 0), font=font)
+    draw.text(
+        (left + plot_w // 2 - 140, height - 28),
+        "keep (vision tokens left after the last module)",
+        fill=(0, 0, 0),
+        font=small,
+    )
+    draw.text((8, top - 24), "accuracy", fill=(0, 0, 0), font=small)
+
+    _, base_y = xy(0.0, base_accuracy)
+    for x in range(left, left + plot_w, 12):
+        draw.line([(x, base_y), (min(x + 6, left + plot_w), base_y)], fill=(0, 0, 0), width=2)
+    legend = [("unpruned model", (0, 0, 0), True)]
+    for name, points in series.items():
+        colour = COLOURS.get(name, (148, 103, 189))
+        ordered = sorted((float(k), float(v)) for k, v in points.items())
+        coords = [xy(k, a) for k, a in ordered]
+        if len(coords) > 1:
+            draw.line(coords, fill=colour, width=3 if name == "lvpruning" else 2, joint="curve")
+        for x, y in coords:
+            draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=colour)
+        legend.append((LABELS.get(name, name), colour, False))
+    for i, (label, colour, dashed) in enumerate(legend):
+        y = top + 10 + 22 * i
+        x = left + plot_w + 14
+        if dashed:
+            draw.line([(x, y + 7), (x + 8, y + 7)], fill=colour, width=2)
+            draw.line([(x + 14, y + 7), (x + 22, y + 7)], fill=colour, width=2)
+        else:
+            draw.line([(x, y + 7), (x + 22, y + 7)], fill=colour, width=3)
+        draw.text((x + 28, y), label, fill=(0, 0, 0), font=small)
+    path = Path(path)
+    canvas.save(path)
+    return path
+
+
+# -- report files and the printed table -------------------------------------------------------------
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def method_rows(report: Mapping[str, Any]) -> list[tuple[str, float, float, float | None]]:
+    """(label, keep, accuracy, evidence kept) of the unpruned model, the adapter and each baseline."""
+    keep = report["keep"]
+    evidence = report.get("evidence_kept", {})
+    rows = [("unpruned model", 1.0, report["base_accuracy"], 1.0)]
+    rows.append((LABELS["lvpruning"], keep, report["pruned_accuracy"], evidence.get("lvpruning")))
+    for name, accuracy in report["baselines"].items():
+        rows.append((LABELS.get(name, name), keep, accuracy, evidence.get(name)))
+    return rows
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The short plain-text summary `lvpeft demo` prints at the end."""
+    kept = "/".join(str(k) for k in report["kept_tokens"])
+    lines = [
+        f"LVPruning demo: {report['test_examples']} test questions, {report['vision_tokens']} vision tokens "
+        f"per image, modules before layers {report['layers']} keeping {kept}",
+        f"{'method':<22} {'keep':>5} {'accuracy':>9} {'evidence kept':>14}",
+    ]
+    for label, keep, accuracy, evidence in method_rows(report):
+        shown = "" if evidence is None else _pct(evidence)
+        lines.append(f"{label:<22} {keep:>5g} {_pct(accuracy):>9} {shown:>14}")
+    by_keep = "  ".join(f"{k}: {_pct(v)}" for k, v in report["accuracy_by_keep"].items())
+    lines.append(f"LVPruning accuracy by keep  {by_keep}")
+    flops, batch = report["flops"], report["prefill_ms"]["batch"]
+    reload = "passed" if report["reload_check"]["passed"] else "FAILED"
+    lines.append(
+        f"prefill: {report['prefill_speedup']:.2f}x faster measured ({batch} prompts), "
+        f"{flops['speedup']:.2f}x fewer FLOPs; reload check {reload}"
+    )
+    lines.append(f"total {report['timings']['total']:.0f} s; report: {report['files']['markdown']}")
+    return "\n".join(lines)
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """report.md: the setting, the results table, the pictures, speed, the reload check, timings."""
+    files, flops, prefill = report["files"], report["flops"], report["prefill_ms"]
+    r, t = report, report["training"]
+    kept = ", ".join(str(k) for k in report["kept_tokens"])
+    lines = [
+        "# LVPruning demo",
+        "",
+        f"Base model: `{r['base_model']}` (frozen). Adapter: {len(r['layers'])} decision modules of width "
+        f"{r['pruner_dim']} ({r['adapter_parameters']:,} parameters) before decoder layers {r['layers']}, "
+        f"keep schedule {r['schedule']} of the {r['vision_tokens']} vision tokens ({kept} kept). Trained for "
+        f"{t['steps']} steps of {t['batch_size']} ({r['train_examples']} scenes questions, learning rate "
+        f"{t['learning_rate']:g}, Gumbel temperature {t['gumbel_temperature']:g}, ratio-loss weight "
+        f"{t['ratio_loss_weight']:g}, distillation weight {t['distill_weight']:g}, attention-ranking weight "
+        f"{t.get('attention_distill_weight', 0.0):g}, the answer "
+        f"{'hidden from' if t.get('hide_answer_from_modules', True) else 'visible to'} the modules).",
+        "",
+        f"Test split: {r['test_examples']} questions, greedy `generate()`, exact match of the one-word "
+        "answer. *Evidence kept*: the share of the patches that hold the answer's evidence still alive "
+        "after the last module (for random pruning it is about the keep ratio).",
+        "",
+        "| method | keep | accuracy | evidence kept |",
+        "|---|---|---|---|",
+    ]
+    for label, keep, accuracy, evidence in method_rows(report):
+        shown = "" if evidence is None else _pct(evidence)
+        lines.append(f"| {label} | {keep:g} | {_pct(accuracy)} | {shown} |")
+    by_kind = report.get("accuracy_by_kind", {})
+    if by_kind:
+        kinds = sorted({k for values in by_kind.values() for k in values})
+        lines += ["", "Accuracy by question kind:", "", "| model | " + " | ".join(kinds) + " |"]
+        lines.append("|---|" + "---|" * len(kinds))
+        for name, values in by_kind.items():
+            cells = " | ".join(_pct(values[k]) if k in values else "" for k in kinds)
+            lines.append(f"| {LABELS.get(name, name)} | {cells} |")
+    lines += ["", "## Accuracy vs keep", "", f"![accuracy vs keep]({files['plot']})", ""]
+    lines += [
+        "| keep | LVPruning |"
+        + "".join(f" {LABELS.get(n, n)} |" for n in report.get("baselines_by_keep", {}))
+    ]
+    lines.append("|---|---|" + "---|" * len(report.get("baselines_by_keep", {})))
+    for keep, accuracy in report["accuracy_by_keep"].items():
+        others = "".join(
+            f" {_pct(values[keep])} |" if keep in values else " |"
+            for values in report.get("baselines_by_keep", {}).values()
+        )
+        lines.append(f"| {keep} | {_pct(accuracy)} |{others}")
+    lines += ["", "## What the modules keep", ""]
+    lines.append(
+        "Two questions about the same test image; each panel shows what is still alive after a module "
+        "(dropped patches faded). Modules that read the question keep different patches for different "
+        "questions; the evidence (outlined) is what the answer needs."
+    )
+    for picture in report["kept_patches"]:
+        lines += ["", f"![kept patches of {picture['id']}]({picture['picture']})", ""]
+        for q in picture["questions"]:
+            final = set(q["kept"][-1])
+            hit = len(final & set(q["region"])) / max(1, len(q["region"]))
+            lines.append(
+                f"- *{q['question']}* answer `{q['answer']}`, pruned model `{q['prediction']}`; "
+                f"{len(final)} patches kept, {_pct(hit)} of the evidence"
+            )
+        n_final = len(picture["questions"][0]["kept"][-1])
+        lines.append(
+            f"- patches kept for both questions after the last module: {picture['final_overlap']} of "
+            f"{n_final}"
+        )
+    lines += [
+        "",
+        "## Cost",
+        "",
+        f"- FLOPs of one prefill ({flops['text_tokens']} text tokens + one image): base "
+        f"{flops['base_tflops'] * 1e3:.3f} GFLOPs, pruned {flops['pruned_tflops'] * 1e3:.3f} GFLOPs "
+        f"including the modules' {flops['pruner_tflops'] * 1e3:.3f} ({flops['speedup']:.2f}x fewer).",
+        f"- Measured prefill on {prefill['batch']} test prompts (median of {prefill['repeats']}, "
+        f"interleaved): base {prefill['base']:.1f} ms, pruned {prefill['lvpruning']:.1f} ms: "
+        f"**{report['prefill_speedup']:.2f}x**.",
+        f"- Machine: {report['machine']}.",
+        "",
+        "## Save and reload",
+        "",
+    ]
+    check = report["reload_check"]
+    same = "yes" if check["same_answers"] else "NO"
+    lines.append(
+        f"`save_pretrained('{files['adapter']}')`, then `lvpeft.from_pretrained(...)` on a freshly loaded "
+        f"base: same answers on {check['examples']} test questions: **{same}** (largest logit difference "
+        f"{check['max_abs_logit_diff']:.2e})."
+    )
+    lines += ["", "## Timings (s)", "", "| phase | seconds |", "|---|---|"]
+    lines += [f"| {phase} | {seconds:.1f} |" for phase, seconds in report["timings"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write `report.json` and `report.md` into `out_dir`; returns both paths."""
+    out_dir = Path(out_dir)
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    md_path.write_text(render_markdown(report))
+    return json_path, md_path

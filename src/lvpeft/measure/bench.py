@@ -1,0 +1,294 @@
+"""`lvpeft bench`: measured cost of pruning, base vs pruned, in one process on the same inputs.
+
+For a LLaVA model (by default one built from a config with LLaVA-1.5's token counts: 576 vision
+tokens per image, at a width and depth a CPU runs in about a minute) and one LVPruning adapter
+(random decision modules: speed does not depend on their values), it measures
+
+- prefill latency: one forward over the prompt with a fresh KV cache, `logits_to_keep=1`, as
+  `generate()` runs it; median of `--repeats` runs after `--warmup` runs, base and pruned
+  interleaved so that drifting machine load hits both alike; the speed-up is the median of the
+  per-round ratios base/pruned (each round times the two back to back);
+- decode throughput: tokens per second of greedy steps that follow the prefill;
+- end-to-end latency of `generate(max_new_tokens=--new-tokens)`;
+- KV-cache bytes after prefill (exact: the sum of the cache tensors);
+- peak memory: `torch.cuda.max_memory_allocated` on a GPU; on a CPU the peak resident memory of a
+  fresh subprocess per variant (`--memory`, off by default because it reloads the model);
+- the analytic FLOPs of the same run (`lvpeft.tuner.flops`), so that `prefill_speedup` can be read against
+  `flops_speedup`;
+- optionally the training-free baselines (`--baselines`) at the same positions and budget;
+- optionally (`--breakdown`) the milliseconds of each step of one prefill per variant: vision
+  tower, projector, decoder layers, LM head and each of lvpeft's own steps (`lvpeft.measure.breakdown`).
+
+The timing primitives are in `timing.py`, the default model in `bench_models.py`.
+Reported as ratios against the base model measured in the same process, with the machine named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..pruning.scorers import BASELINES
+from ..tuner.config import LVPruningConfig
+from ..tuner.model import get_lvpruning_model, lvpruning_tuner
+from .bench_models import build_default_model, make_inputs
+from .breakdown import StepCosts, format_breakdown, profile_prefill
+from .timing import (
+    cache_bytes,
+    decode_rate,
+    describe_machine,
+    interleaved_times,
+    paired_speedup,
+    prefill,
+    timed,
+)
+
+
+@dataclass
+class VariantTiming:
+    """Measurements of one variant (base, lvpruning, or a baseline scorer)."""
+
+    name: str
+    prefill_ms: float
+    prefill_ms_all: list[float]
+    decode_tokens_per_s: float
+    generate_ms: float
+    kv_cache_bytes: int
+    peak_memory_mb: float | None = None
+
+
+@dataclass
+class BenchReport:
+    """A bench run: the machine, the setting, every variant, and the headline ratios."""
+
+    machine: str
+    setting: dict[str, Any]
+    variants: list[VariantTiming]
+    flops: dict[str, float]
+    prefill_speedup: float
+    flops_speedup: float
+    speedup_efficiency: float
+    kv_cache_ratio: float
+    decode_speedup: float
+    generate_speedup: float
+    notes: list[str] = field(default_factory=list)
+    breakdown: list[StepCosts] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def run_bench(
+    model: Any,
+    *,
+    keep: float = 0.1,
+    layers: list[int] | None = None,
+    pruner_dim: int | str | None = None,
+    batch: int = 1,
+    text_tokens: int = 30,
+    new_tokens: int = 16,
+    warmup: int = 3,
+    repeats: int = 15,
+    baselines: bool = False,
+    breakdown: bool = False,
+) -> BenchReport:
+    """Measure base vs pruned (and baselines) on `model` (see the module docstring)."""
+    device = next(model.parameters()).device
+    peft_model = get_lvpruning_model(model, LVPruningConfig(keep=keep, layers=layers, pruner_dim=pruner_dim))
+    peft_model.eval()
+    tuner = lvpruning_tuner(peft_model)
+    config = tuner.active_config
+    inputs = make_inputs(model, batch, text_tokens)
+    modules = len(config.layers)
+
+    def as_base() -> Any:
+        return peft_model.disable_adapter()
+
+    variants: dict[str, Callable[[], Any]] = {"base": as_base, "lvpruning": contextlib.nullcontext}
+    if baselines:
+        for name, cls in BASELINES.items():
+            variants[name] = lambda cls=cls: tuner.use_scorers([cls() for _ in range(modules)])
+
+    prefill_times = interleaved_times(variants, lambda: prefill(peft_model, inputs), repeats, warmup, device)
+    results, costs = [], []
+    for name, ctx in variants.items():
+        with ctx():
+            _, cache = prefill(peft_model, inputs)
+            decode = decode_rate(peft_model, inputs, new_tokens, device)
+            with torch.no_grad():
+                generate = statistics.median(
+                    timed(
+                        lambda: peft_model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False),
+                        device,
+                    )
+                    for _ in range(max(1, repeats // 2))
+                )
+            if breakdown:
+                costs.append(profile_prefill(peft_model, lambda: prefill(peft_model, inputs), name))
+            peak = None
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                prefill(peft_model, inputs)
+                peak = torch.cuda.max_memory_allocated(device) / 2**20
+        results.append(
+            VariantTiming(
+                name=name,
+                prefill_ms=statistics.median(prefill_times[name]),
+                prefill_ms_all=prefill_times[name],
+                decode_tokens_per_s=decode,
+                generate_ms=generate,
+                kv_cache_bytes=cache_bytes(cache),
+                peak_memory_mb=peak,
+            )
+        )
+    flops = config.estimate_flops(model.config, text_tokens)
+    peft_model.unload()
+    base, pruned = results[0], results[1]
+    prefill_speedup = paired_speedup(base.prefill_ms_all, pruned.prefill_ms_all)
+    flops_speedup = flops.base_tflops / flops.pruned_tflops
+    return BenchReport(
+        machine=describe_machine(device),
+        setting={
+            "keep": keep,
+            "layers": config.layers,
+            "schedule": config.resolve_schedule(),
+            "pruner_dim": config.resolve_pruner_dim(model.config.text_config.hidden_size),
+            "batch": batch,
+            "text_tokens": text_tokens,
+            "vision_tokens": int((inputs["input_ids"] == model.config.image_token_id).sum()) // batch,
+            "new_tokens": new_tokens,
+            "attn_implementation": model.config.text_config._attn_implementation,
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "decoder": {
+                k: getattr(model.config.text_config, k) for k in ("hidden_size", "num_hidden_layers")
+            },
+            "repeats": repeats,
+            "warmup": warmup,
+        },
+        variants=results,
+        flops={
+            "base_tflops": flops.base_tflops,
+            "pruned_tflops": flops.pruned_tflops,
+            "pruner_tflops": flops.pruner_tflops,
+        },
+        prefill_speedup=prefill_speedup,
+        flops_speedup=flops_speedup,
+        speedup_efficiency=prefill_speedup / flops_speedup,
+        kv_cache_ratio=pruned.kv_cache_bytes / base.kv_cache_bytes,
+        decode_speedup=pruned.decode_tokens_per_s / base.decode_tokens_per_s,
+        generate_speedup=base.generate_ms / pruned.generate_ms,
+        notes=[
+            "prefill = one forward over the prompt with logits_to_keep=1 (what generate() runs first)",
+            "FLOPs cover the vision tower, projector, decoder, LM head and decision modules (lvpeft flops)",
+        ],
+        breakdown=costs,
+    )
+
+
+def format_report(report: BenchReport) -> str:
+    """A short human-readable table."""
+    s = report.setting
+    lines = [
+        f"{report.machine}; decoder {s['decoder']}, {s['vision_tokens']} vision + {s['text_tokens']} text "
+        f"tokens, batch {s['batch']}, {s['attn_implementation']}, {s['dtype']}; "
+        f"keep {s['keep']} {s['schedule']} before layers {s['layers']}, module width {s['pruner_dim']}",
+        f"{'variant':<10} {'prefill ms':>11} {'decode tok/s':>13} {'generate ms':>12} {'KV cache MB':>12}",
+    ]
+    for v in report.variants:
+        lines.append(
+            f"{v.name:<10} {v.prefill_ms:>11.1f} {v.decode_tokens_per_s:>13.1f} {v.generate_ms:>12.1f} "
+            f"{v.kv_cache_bytes / 2**20:>12.2f}"
+        )
+    lines.append(
+        f"prefill speed-up {report.prefill_speedup:.2f}x vs FLOPs speed-up {report.flops_speedup:.2f}x "
+        f"({100 * report.speedup_efficiency:.0f} % of it); KV cache x{report.kv_cache_ratio:.2f}; "
+        f"decode x{report.decode_speedup:.2f}; generate x{report.generate_speedup:.2f}"
+    )
+    if report.breakdown:
+        lines += ["", "per-step cost of one prefill (torch.profiler; lvpeft bench --breakdown):"]
+        lines.append(format_breakdown(report.breakdown))
+    return "\n".join(lines)
+
+
+def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `lvpeft bench` to the CLI."""
+    parser = subparsers.add_parser("bench", help="measure prefill/decode latency, KV cache: base vs pruned")
+    parser.add_argument(
+        "--model", help="a local LLaVA folder or Hub id (default: a config-built LLaVA-1.5-shaped model)"
+    )
+    parser.add_argument("--keep", type=float, default=0.1)
+    parser.add_argument("--layers", help="module positions, e.g. 1,8,16 (default: scaled to the depth)")
+    parser.add_argument(
+        "--pruner-dim",
+        type=_pruner_dim,
+        default=None,
+        help="decision-module width: an integer, 'paper' (C = d) or, by default, the light module "
+        "(d/8, >= 64)",
+    )
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--text-tokens", type=int, default=30)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=15,
+        help="timed rounds, each one prefill per variant back to back (medians and the median per-round "
+        "speed-up are reported)",
+    )
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--baselines", action="store_true", help="also time the training-free scorers")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also profile one prefill per variant: ms per step"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=bench_command)
+    return parser
+
+
+def _pruner_dim(text: str) -> int | str:
+    if text == "paper":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'paper' or an integer width, got {text!r}") from None
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """Handler of `lvpeft bench`."""
+    dtype = getattr(torch, args.dtype)
+    if args.model:
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(
+            args.model, dtype=dtype, attn_implementation=args.attn, use_safetensors=True
+        ).eval()
+    else:
+        model = build_default_model(args.attn, dtype)
+    model = model.to(args.device)
+    report = run_bench(
+        model,
+        keep=args.keep,
+        layers=[int(x) for x in args.layers.split(",")] if args.layers else None,
+        pruner_dim=args.pruner_dim,
+        batch=args.batch,
+        text_tokens=args.text_tokens,
+        new_tokens=args.new_tokens,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        baselines=args.baselines,
+        breakdown=args.breakdown,
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0

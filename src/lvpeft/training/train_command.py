@@ -1,0 +1,244 @@
+"""`lvpeft train`: train an LVPruning adapter on LLaVA-format data, on a laptop or under `accelerate launch`.
+
+```bash
+lvpeft train --model llava-hf/llava-1.5-7b-hf --data llava_v1_5_mix665k.json --image-folder data/ \\
+    --output-dir out --keep 0.1 --epochs 1
+accelerate launch --num_processes 8 $(which lvpeft) train ...   # the same command, distributed
+```
+
+Every `SFTConfig` / `TrainingArguments` option is reachable (`--per_device_train_batch_size 8`,
+`--gradient_accumulation_steps 4`, `--deepspeed ds.json`, ...). Defaults follow the paper where it
+gives them: learning rate 2e-6, 3 % warm-up, cosine schedule, no weight decay, max grad norm 1.0
+(METHOD.md; 2e-6 is for a 7B model: a tiny model needs ~1e-3). The output folder receives the
+adapter, its model card and the trainer's checkpoints (for `--resume`); never the base weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # peft is imported when a run starts, not for `lvpeft train --help`
+    from ..tuner.config import LVPruningConfig
+
+logger = logging.getLogger(__name__)
+
+PAPER_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-6,
+    "warmup_steps": 0.03,  # a float < 1 is a fraction of the training steps
+    "lr_scheduler_type": "cosine",
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "num_train_epochs": 1.0,
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 500,
+    "save_total_limit": 2,
+    "report_to": "none",
+    # loss only on the assistant answers (needs a chat template with {% generation %} markers, see below)
+    "assistant_only_loss": True,
+    # never truncate: a cut through an image's tokens makes the processor fail mid-epoch
+    "max_length": None,
+}
+# the names the issue and the README use, mapped to TrainingArguments' own
+ALIASES = {"--epochs": "--num_train_epochs"}
+
+
+@dataclass
+class TrainCommandArguments:
+    """lvpeft's own options of `lvpeft train` (the rest are SFTConfig's)."""
+
+    model: str = field(
+        metadata={"help": "Base LLaVA model: Hub id or local folder (its processor is loaded too)."}
+    )
+    data: str = field(metadata={"help": "LLaVA-format JSON/JSONL file of conversations."})
+    image_folder: str = field(default=".", metadata={"help": "Folder the rows' image paths are relative to."})
+    keep: float = field(default=0.1, metadata={"help": "Final keep ratio (paper: 0.1, i.e. rho = 0.5)."})
+    layers: str | None = field(
+        default=None, metadata={"help": "Module positions, e.g. '1,8,16' (default: scaled to the depth)."}
+    )
+    pruner_dim: str | None = field(
+        default=None,
+        metadata={
+            "help": "Decision-module width C: an integer, 'paper' (C = d) or, by default, the light module "
+            "(d/8, at least 64)."
+        },
+    )
+    ratio_loss_weight: float = field(default=2.0, metadata={"help": "lambda_ratio."})
+    distill_weight: float = field(
+        default=0.0, metadata={"help": "Weight of KL(unpruned || pruned); 0 = off."}
+    )
+    attention_distill_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the last module's ranking loss against its layer's attention from the last "
+            "prompt token; 0 = off."
+        },
+    )
+    hide_answer_from_modules: bool = field(
+        default=True,
+        metadata={
+            "help": "The decision modules do not attend to the trained answer tokens, as at inference "
+            "(false: the paper's modules see them)."
+        },
+    )
+    resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in --output-dir."})
+    keep_text_only: bool = field(default=False, metadata={"help": "Keep text-only rows (paper: dropped)."})
+    on_bad_rows: str = field(
+        default="skip", metadata={"help": "'skip' bad rows (counted in the log) or 'raise' before training."}
+    )
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    dtype: str = field(
+        default="auto", metadata={"help": "Base model dtype: auto, bfloat16, float16, float32."}
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "eager or sdpa."})
+
+
+def build_train_parser() -> Any:
+    """HfArgumentParser over lvpeft's options and every SFTConfig option, with the paper's defaults."""
+    from transformers import HfArgumentParser
+    from trl import SFTConfig
+
+    parser = HfArgumentParser((TrainCommandArguments, SFTConfig), prog="lvpeft train")
+    defaults = dict(PAPER_DEFAULTS)
+    defaults["output_dir"] = "lvpruning-adapter"
+    if not _cuda_bf16():
+        defaults["bf16"] = False
+    if not _cuda():
+        # without it, processes started by `accelerate launch --multi_gpu` (torchrun) on a CPU-only machine
+        # would each train alone; with it they form a gloo process group (accelerate's MULTI_CPU)
+        defaults["use_cpu"] = True
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def normalise_argv(argv: Sequence[str]) -> list[str]:
+    """Apply the aliases and turn `--push-to-hub REPO` into `--push_to_hub true --hub_model_id REPO`."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        name, eq, value = arg.partition("=")
+        if name in ALIASES:
+            out.append(ALIASES[name] + (eq + value if eq else ""))
+        elif name in ("--push-to-hub", "--push_to_hub"):
+            repo = (
+                value
+                if eq
+                else (items[i + 1] if i + 1 < len(items) and not items[i + 1].startswith("-") else "")
+            )
+            if not eq and repo:
+                i += 1
+            if repo and repo.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                out += ["--push_to_hub", "true", "--hub_model_id", repo]
+            else:
+                out += ["--push_to_hub", repo or "true"]
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def train_command(argv: Sequence[str]) -> int:
+    """Parse the arguments, load model, processor and data, train, save (and push) the adapter."""
+    parser = build_train_parser()
+    if any(a in ("-h", "--help") for a in argv):
+        parser.print_help()
+        return 0
+    ours, sft_args = parser.parse_args_into_dataclasses(args=normalise_argv(argv))
+    run_training(ours, sft_args)
+    return 0
+
+
+def adapter_config(ours: TrainCommandArguments) -> LVPruningConfig:
+    """The `LVPruningConfig` that `lvpeft train`'s options describe (validated on construction)."""
+    from ..tuner.config import LVPruningConfig
+
+    return LVPruningConfig(
+        keep=ours.keep,
+        layers=[int(x) for x in ours.layers.split(",")] if ours.layers else None,
+        pruner_dim=int(ours.pruner_dim) if (ours.pruner_dim or "").isdigit() else ours.pruner_dim,
+        ratio_loss_weight=ours.ratio_loss_weight,
+        distill_weight=ours.distill_weight,
+        attention_distill_weight=ours.attention_distill_weight,
+        hide_answer_from_modules=ours.hide_answer_from_modules,
+        base_model_name_or_path=ours.model,
+    )
+
+
+def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
+    """The training run behind `lvpeft train` (see the module docstring); returns the trainer."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ..tuner.model import get_lvpruning_model
+    from .data.llava_format import LLAVA_TRAINING_CHAT_TEMPLATE, load_llava_dataset
+    from .trainer import LVPruningTrainer
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if ours.on_bad_rows not in ("skip", "raise"):
+        raise ValueError(f"--on_bad_rows must be 'skip' or 'raise', got {ours.on_bad_rows!r}.")
+    config = adapter_config(ours)  # validated here, before anything is loaded
+    dataset, report = load_llava_dataset(
+        ours.data,
+        ours.image_folder,
+        keep_text_only=ours.keep_text_only,
+        on_error=ours.on_bad_rows,
+        max_samples=ours.max_samples,
+    )
+    logger.info("data: %s", report.summary())
+    if len(dataset) == 0:
+        raise ValueError(f"No usable rows in {ours.data}: {report}")
+    dtype = "auto" if ours.dtype == "auto" else getattr(torch, ours.dtype)
+    processor = AutoProcessor.from_pretrained(ours.model)
+    if sft_args.assistant_only_loss and not sft_args.chat_template_path:
+        template = getattr(processor, "chat_template", None) or ""
+        if "generation" not in template:
+            logger.warning(
+                "%s's chat template does not mark the assistant answers ({%% generation %%}); training with "
+                "lvpeft's LLaVA-1.5 template (USER: <image>\\n... ASSISTANT: ...</s>). Pass "
+                "--chat_template_path for another conversation format.",
+                ours.model,
+            )
+            processor.chat_template = LLAVA_TRAINING_CHAT_TEMPLATE
+    base = AutoModelForImageTextToText.from_pretrained(
+        ours.model, dtype=dtype, attn_implementation=ours.attn_implementation, use_safetensors=True
+    )
+    model = get_lvpruning_model(base, config)
+    model.print_trainable_parameters()
+    trainer = LVPruningTrainer(model=model, args=sft_args, train_dataset=dataset, processing_class=processor)
+    resume = bool(ours.resume) and _has_checkpoint(sft_args.output_dir)
+    if ours.resume and not resume:
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", sft_args.output_dir)
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.save_model(sft_args.output_dir)
+    if trainer.is_world_process_zero():
+        trainer.create_model_card()
+    if sft_args.push_to_hub:
+        trainer.push_to_hub()
+    return trainer
+
+
+def _has_checkpoint(output_dir: str) -> bool:
+    return os.path.isdir(output_dir) and any(d.startswith("checkpoint-") for d in os.listdir(output_dir))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+if __name__ == "__main__":
+    raise SystemExit(train_command(sys.argv[1:]))
