@@ -124,6 +124,7 @@ def evidence_kept(kept: Sequence[Sequence[Sequence[int]]], examples: Sequence[VQ
 
 
 def keep_key(keep: float) -> str:
+    """The report's key for a keep ratio (`0.1` -> "0.1")."""
     return f"{keep:g}"
 
 

@@ -78,6 +78,7 @@ class _Clock:
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        """Time the block as phase `name`."""
         start = time.perf_counter()
         try:
             yield

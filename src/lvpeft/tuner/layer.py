@@ -152,4 +152,5 @@ class DecisionLayer(nn.Module, BaseTunerLayer):
         self.lvpruning_module[adapter_name] = module
 
     def forward(self, *args: object, **kwargs: object) -> None:
+        """Never called: the decision modules run inside the pruning hooks (`lvpeft.pruning.hooks`)."""
         raise RuntimeError("DecisionLayer is driven by lvpeft's pruning hooks; it is never called directly.")
