@@ -174,7 +174,7 @@ def adapter_config(ours: TrainCommandArguments) -> LVPruningConfig:
 def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     """The training run behind `lvpeft train` (see the module docstring); returns the trainer."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 
     from ..tuner.model import get_lvpruning_model
     from .data.llava_format import LLAVA_TRAINING_CHAT_TEMPLATE, load_llava_dataset
@@ -209,6 +209,10 @@ def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     base = AutoModelForImageTextToText.from_pretrained(
         ours.model, dtype=dtype, attn_implementation=ours.attn_implementation, use_safetensors=True
     )
+    # The decision modules are initialised here, before the trainer seeds the generators: seed now
+    # so that the same command and --seed give the same adapter (Gumbel noise and data order are
+    # seeded again by the trainer from the same --seed).
+    set_seed(sft_args.seed)
     model = get_lvpruning_model(base, config)
     model.print_trainable_parameters()
     trainer = LVPruningTrainer(model=model, args=sft_args, train_dataset=dataset, processing_class=processor)
