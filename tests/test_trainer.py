@@ -59,8 +59,8 @@ def make_trainer(tmp_path: Path, config: LVPruningConfig | None = None, **args) 
     )
 
 
-def test_steps_change_only_the_adapter_and_log_both_losses(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path)
+def test_steps_change_only_the_adapter_and_log_every_loss(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path)  # the default recipe: LM + ratio + teacher ranking
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
@@ -70,11 +70,16 @@ def test_steps_change_only_the_adapter_and_log_both_losses(tmp_path: Path) -> No
     for entry in logs:
         assert np.isfinite(entry["lm_loss"]) and np.isfinite(entry["ratio_loss"]) and entry["ratio_loss"] > 0
         assert {"keep_ratio/1", "keep_ratio/2", "keep_ratio/3"} <= entry.keys()
-        assert entry["loss"] == pytest.approx(entry["lm_loss"] + 2.0 * entry["ratio_loss"], rel=1e-4)
+        assert entry["teacher_rank_loss"] > 0
+        assert entry["loss"] == pytest.approx(
+            entry["lm_loss"] + 2.0 * entry["ratio_loss"] + entry["teacher_rank_loss"], rel=1e-4
+        )
 
 
 def test_ratio_loss_drives_keep_ratio_to_the_schedule(tmp_path: Path) -> None:
-    config = LVPruningConfig(keep=0.25, lm_loss_weight=0.0, ratio_loss_weight=1.0, pruner_dim=16)
+    config = LVPruningConfig(
+        keep=0.25, lm_loss_weight=0.0, ratio_loss_weight=1.0, teacher_rank_weight=0.0, pruner_dim=16
+    )
     trainer = make_trainer(tmp_path, config, max_steps=40, learning_rate=3e-2, lr_scheduler_type="constant")
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "keep_ratio/3" in entry]
@@ -118,10 +123,15 @@ def test_gradient_accumulation_equals_the_large_batch(
 
 @pytest.mark.parametrize(
     ("field", "weight", "logged"),
-    [("distill_weight", 1.0, "distill_loss"), ("attention_distill_weight", 0.5, "attention_loss")],
+    [
+        ("distill_weight", 1.0, "distill_loss"),
+        ("attention_distill_weight", 0.5, "attention_loss"),
+        ("teacher_rank_weight", 0.5, "teacher_rank_loss"),
+    ],
 )
 def test_optional_term_is_logged_and_added(tmp_path: Path, field: str, weight: float, logged: str) -> None:
-    trainer = make_trainer(tmp_path, LVPruningConfig(keep=0.25, **{field: weight}), max_steps=1)
+    config = LVPruningConfig(keep=0.25, **{"teacher_rank_weight": 0.0, field: weight})
+    trainer = make_trainer(tmp_path, config, max_steps=1)
     trainer.train()
     entry = next(e for e in trainer.state.log_history if "loss" in e)
     assert entry[logged] > 0

@@ -59,6 +59,40 @@ def gumbel_keep(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.gumbel_softmax(logits.float(), tau=temperature, hard=True, dim=-1)[..., 0]
 
 
+def gumbel_top_k(
+    scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Keep exactly the inference budget in training: Gumbel-top-k with a straight-through gradient.
+
+    Perturbs the scores with Gumbel noise (sampling `k` tokens without replacement in proportion to
+    softmax(scores)), keeps the `k[b]` highest, and passes the gradient of
+    sigmoid((perturbed - threshold) / temperature), the threshold lying halfway between the last kept
+    and the first dropped perturbed score of the row.
+
+    Args:
+        scores: (B, L) float keep scores.
+        candidates: (B, L) bool, the slots that may be kept.
+        k: (B,) long, how many to keep per row.
+        temperature: softness of the straight-through surrogate.
+
+    Returns:
+        (B, L) float in {0, 1} (1 = keep, 0 outside the candidates) whose gradient is the surrogate's.
+    """
+    uniform = torch.rand_like(scores, dtype=torch.float32).clamp(1e-10, 1.0 - 1e-7)
+    perturbed = scores.float() - torch.log(-torch.log(uniform))
+    hard = select_top_k(perturbed, candidates, k)  # (B, L) bool
+    masked = perturbed.masked_fill(~candidates, float("-inf"))
+    lowest_kept = perturbed.masked_fill(~hard, float("inf")).amin(dim=1, keepdim=True)
+    highest_dropped = masked.masked_fill(hard, float("-inf")).amax(dim=1, keepdim=True)
+    threshold = torch.where(
+        torch.isfinite(highest_dropped) & torch.isfinite(lowest_kept),
+        (lowest_kept + highest_dropped) / 2,
+        torch.where(torch.isfinite(lowest_kept), lowest_kept - 1.0, highest_dropped + 1.0),
+    ).detach()
+    soft = torch.sigmoid((perturbed - threshold) / temperature) * candidates
+    return hard.float() + soft - soft.detach()
+
+
 def ratio_loss(decisions: list[torch.Tensor], vision: torch.Tensor, ratios: list[float]) -> torch.Tensor:
     """Keep-ratio loss (1/S) sum_s mean_b (rho_s - mean_i D_s,i)^2 over samples with vision tokens.
 

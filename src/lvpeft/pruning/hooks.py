@@ -38,7 +38,14 @@ from torch import nn
 from torch.profiler import record_function
 
 from .architecture import LlavaParts
-from .decisions import attention_rank_loss, gumbel_keep, keep_counts, ratio_loss, select_top_k
+from .decisions import (
+    attention_rank_loss,
+    gumbel_keep,
+    gumbel_top_k,
+    keep_counts,
+    ratio_loss,
+    select_top_k,
+)
 from .masks import stage_attention_mask
 from .plan import PruneMode, PruningPlan, PruningStats
 from .scorers.base_scorer import ScoringContext, query_attention
@@ -222,6 +229,7 @@ class TokenPruner:
             ratio_loss=ratio_loss(ctx.decisions, ctx.vision_orig, ctx.plan.ratios) if ctx.decisions else None,
             keep_ratios=ctx.keep_ratios,
             attention_loss=ctx.attention_loss,
+            module_scores=ctx.module_scores,
         )
         if ctx.cache is not None and ctx.stage_keys:
             attach_state(ctx)
@@ -256,7 +264,12 @@ class TokenPruner:
         if plan.training:
             if plan.attention_distill and stage == len(plan.ratios) - 1:
                 ctx.attention_loss = _attention_loss(context, logits, ctx.soft_keep.detach() > 0.5)
-            decision = gumbel_keep(logits, plan.temperature) * candidates  # (B, L) hard, straight-through
+            alive = candidates & (ctx.soft_keep.detach() > 0.5)
+            ctx.module_scores.append((logits[..., 0] - logits[..., 1], alive))
+            if plan.exact_budget:  # (B, L) hard, straight-through
+                decision = gumbel_top_k(ctx.module_scores[-1][0], alive, keep, plan.temperature)
+            else:
+                decision = gumbel_keep(logits, plan.temperature) * candidates
             ctx.soft_keep = ctx.soft_keep * decision
             ctx.decisions.append(ctx.soft_keep)
             ctx.keep_ratios.append(_mean_ratio(ctx.soft_keep.detach().sum(1), ctx.num_vision, has_vision))

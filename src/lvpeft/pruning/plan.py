@@ -30,6 +30,8 @@ class PruningPlan:
         training: use hard Gumbel-Softmax decisions and the masked softmax (no removal).
         temperature: Gumbel-Softmax temperature.
         attention_distill: training: compute `PruningStats.attention_loss` at the last module.
+        exact_budget: training: keep exactly each module's budget (`decisions.gumbel_top_k`) instead
+            of independent per-token Gumbel-Softmax decisions.
     """
 
     positions: list[int]
@@ -39,6 +41,7 @@ class PruningPlan:
     training: bool = False
     temperature: float = 1.0
     attention_distill: bool = False
+    exact_budget: bool = False
 
     def stage_of(self, layer: int) -> int:
         """Index of the last module at or before decoder layer `layer` (-1 if none)."""
@@ -59,8 +62,12 @@ class PruningStats:
             (mean over samples that have vision tokens).
         attention_loss: scalar, the last module's attention-ranking loss of the last training forward
             (`decisions.attention_rank_loss`; None unless the plan asks for it).
+        module_scores: training: per module, its keep scores (B, L) float (in the autograd graph) and
+            the (B, L) bool vision slots it ranked that were still alive; the trainer's
+            teacher-ranking term reads them. Empty in eval.
     """
 
     ratio_loss: torch.Tensor | None = None
     keep_ratios: list[float] = field(default_factory=list)
     attention_loss: torch.Tensor | None = None
+    module_scores: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)

@@ -82,6 +82,7 @@ class ForwardContext:
     decode: bool = False
     soft_keep: torch.Tensor | None = None  # training: (B, L) cumulative decisions D
     attention_loss: torch.Tensor | None = None  # training: the last module's attention-ranking loss
+    module_scores: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # training
     unseen: torch.Tensor | None = None  # (B, L_in) bool: input slots the scorers must not read as language
     decisions: list[torch.Tensor] = field(default_factory=list)
     stage_keys: dict[int, StageKeys] = field(default_factory=dict)

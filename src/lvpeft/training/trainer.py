@@ -28,15 +28,18 @@ it).
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from trl import SFTTrainer
 
+from ..pruning.decisions import attention_rank_loss
 from ..tuner.card import write_model_card
 from ..tuner.config import LVPruningConfig
 from ..tuner.model import lvpruning_tuner
+from .teacher_importance import importance_after, recording_importance
 
 _NOT_MODEL_INPUTS = ("labels", "shift_labels", "num_items_in_batch", "use_cache", "completion_mask")
 
@@ -68,6 +71,7 @@ class LVPruningTrainer(SFTTrainer):
         config = self.lvpruning_config
         training = self.model.training
         distill = training and config.distill_weight > 0
+        rank = training and config.teacher_rank_weight > 0
         captured: dict[str, torch.Tensor] = {}
         handle = None
         if distill:
@@ -96,10 +100,16 @@ class LVPruningTrainer(SFTTrainer):
         if training and stats.attention_loss is not None:
             loss = loss + config.attention_distill_weight * stats.attention_loss / steps
             self._log_metric(mode, "attention_loss", stats.attention_loss.detach())
-        if distill and "hidden" in captured:
-            kd = self._distillation_loss(model, inputs, captured["hidden"])
-            loss = loss + config.distill_weight * kd / steps
-            self._log_metric(mode, "distill_loss", kd.detach())
+        if distill or (rank and stats.module_scores):
+            teacher_hidden, importance = self._teacher_pass(model, inputs, with_importance=rank)
+            if distill and "hidden" in captured:
+                kd = self._distillation_loss(model, inputs, captured["hidden"], teacher_hidden)
+                loss = loss + config.distill_weight * kd / steps
+                self._log_metric(mode, "distill_loss", kd.detach())
+            if rank and stats.module_scores:
+                rank_loss = self._teacher_rank_loss(stats.module_scores, importance)
+                loss = loss + config.teacher_rank_weight * rank_loss / steps
+                self._log_metric(mode, "teacher_rank_loss", rank_loss.detach())
         return (loss, outputs) if return_outputs else loss
 
     def _lm_loss_display_scale(self, num_items_in_batch: Any) -> float:
@@ -115,8 +125,45 @@ class LVPruningTrainer(SFTTrainer):
             return self.current_gradient_accumulation_steps
         return 1
 
+    def _teacher_pass(
+        self, model: torch.nn.Module, inputs: dict[str, Any], with_importance: bool
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """One no-grad forward of the unpruned model (the adapter disabled): its last hidden states
+        (B, L, d) and, if asked, the importance each layer from the first module on reads from every
+        token (`teacher_importance.read_importance`, {layer: (B, L)})."""
+        peft_model = self.accelerator.unwrap_model(model)
+        parts = self._lvpruning._parts
+        model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
+        labels = inputs["labels"]
+        readers = torch.zeros_like(labels, dtype=torch.bool)
+        readers[:, :-1] = labels[:, 1:] != -100  # the positions that predict a label
+        valid = inputs.get("attention_mask", torch.ones_like(labels)).bool()
+        first = min(self._lvpruning.active_config.layers or [len(parts.layers)])
+        recording = (
+            recording_importance(parts.layers, first, readers, valid) if with_importance else nullcontext({})
+        )
+        with torch.no_grad(), peft_model.disable_adapter(), recording as importance:
+            hidden = parts.backbone(**model_inputs, use_cache=False).last_hidden_state
+        return hidden, importance
+
+    def _teacher_rank_loss(
+        self, module_scores: list[tuple[torch.Tensor, torch.Tensor]], importance: dict[int, torch.Tensor]
+    ) -> torch.Tensor:
+        """Mean over modules of the listwise KL between what the unpruned model's layers from the
+        module's position on read from each surviving vision token and the module's keep scores."""
+        positions = self._lvpruning.active_config.layers
+        losses = [
+            attention_rank_loss(scores, importance_after(importance, p).to(scores.device), alive)
+            for p, (scores, alive) in zip(positions, module_scores, strict=True)
+        ]
+        return torch.stack(losses).mean()
+
     def _distillation_loss(
-        self, model: torch.nn.Module, inputs: dict[str, Any], student_hidden: torch.Tensor
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        student_hidden: torch.Tensor,
+        teacher_hidden: torch.Tensor,
     ) -> torch.Tensor:
         """Mean KL(teacher || student) of next-token distributions over the labelled positions."""
         labels = inputs["labels"][:, 1:]
@@ -124,10 +171,6 @@ class LVPruningTrainer(SFTTrainer):
         if not bool(positions.any()):
             return student_hidden.new_zeros(())
         peft_model = self.accelerator.unwrap_model(model)
-        backbone = self._lvpruning._parts.backbone
-        model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
-        with torch.no_grad(), peft_model.disable_adapter():
-            teacher_hidden = backbone(**model_inputs, use_cache=False).last_hidden_state
         lm_head = peft_model.get_output_embeddings()
         student = lm_head(student_hidden[:, :-1][positions]).float()
         teacher = lm_head(teacher_hidden[:, :-1][positions]).float()

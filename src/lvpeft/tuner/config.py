@@ -21,6 +21,26 @@ from .flops import FlopsReport, estimate_flops
 from .layer import PAPER_PRUNER_DIM, resolve_pruner_dim
 from .registration import PEFT_TYPE
 
+RECIPES: dict[str, dict[str, Any]] = {
+    "lvpeft": {
+        "distill_weight": 0.0,
+        "attention_distill_weight": 0.0,
+        "teacher_rank_weight": 1.0,
+        "training_decisions": "gumbel",
+        "hide_answer_from_modules": True,
+    },
+    "paper": {
+        "distill_weight": 0.0,
+        "attention_distill_weight": 0.0,
+        "teacher_rank_weight": 0.0,
+        "training_decisions": "gumbel",
+        "hide_answer_from_modules": False,
+    },
+}
+"""The training recipes `LVPruningConfig.recipe` selects: the value of every recipe-dependent field left
+at None. "paper" is LVPruning as published (LM + keep-ratio loss, per-token Gumbel decisions, modules
+that see the answer); "lvpeft" is the library's default (see docs/recipe.md for the measurements)."""
+
 
 def _fail(name: str, value: object, valid: str) -> None:
     raise ValueError(f"LVPruningConfig.{name} must be {valid}, got {value!r}.")
@@ -104,29 +124,57 @@ class LVPruningConfig(PeftConfig):
     lm_loss_weight: float = field(
         default=1.0, metadata={"help": "Weight lambda_lm of the language-modelling loss."}
     )
-    distill_weight: float = field(
-        default=0.0,
+    recipe: str = field(
+        default="lvpeft",
         metadata={
-            "help": "Weight of an optional distillation term, KL(unpruned || pruned) of the next-token "
-            "distributions on the trained positions (not in the paper); 0 turns it off."
+            "help": "Training recipe: 'lvpeft' (the default) or 'paper' (LVPruning as published: LM and "
+            "keep-ratio losses only, per-token Gumbel decisions, modules that see the answer). Sets every "
+            "recipe-dependent field left at None (`RECIPES`); a value you pass explicitly wins."
         },
     )
-    attention_distill_weight: float = field(
-        default=0.0,
+    distill_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of an optional distillation term, KL(unpruned || pruned) of the next-token "
+            "distributions on the trained positions (not in the paper); 0 turns it off. None: the recipe's."
+        },
+    )
+    teacher_rank_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the teacher-ranking term (not in the paper): for EVERY module, a listwise "
+            "KL(importance || softmax(scores)) over the surviving vision tokens, where a token's importance "
+            "is what the unpruned model's layers from the module's position on read from it for this "
+            "question (value-weighted attention of the answer-producing positions; computed in one "
+            "no-grad pass with the adapter disabled). 0 turns it off. None: the recipe's (lvpeft: 1)."
+        },
+    )
+    training_decisions: str | None = field(
+        default=None,
+        metadata={
+            "help": "How modules decide in training: 'gumbel' (the paper: an independent hard "
+            "Gumbel-Softmax decision per token, the keep-ratio loss steering the count) or 'top_k' "
+            "(exactly the inference budget, Gumbel-top-k with a straight-through gradient). "
+            "None: the recipe's."
+        },
+    )
+    attention_distill_weight: float | None = field(
+        default=None,
         metadata={
             "help": "Weight of an optional listwise term on the LAST module (not in the paper): "
             "KL(attention || softmax(scores)) between the attention the last prompt token pays to the "
             "surviving vision tokens at that layer (heads averaged, FastV's signal, no gradient) and the "
-            "module's keep scores, so that the module also ranks what the model itself reads; 0 turns it off."
+            "module's keep scores, so that the module also ranks what the model itself reads; 0 turns it "
+            "off. None: the recipe's."
         },
     )
-    hide_answer_from_modules: bool = field(
-        default=True,
+    hide_answer_from_modules: bool | None = field(
+        default=None,
         metadata={
             "help": "Training: the decision modules attend only to the prompt's language tokens, not to the "
             "teacher-forced answer (the tokens with labels), as at inference, where the answer does not "
             "exist yet when the modules run. The paper's modules attend to every non-vision token, the "
-            "answer included (False)."
+            "answer included (False). None: the recipe's (lvpeft: True, paper: False)."
         },
     )
     base_text_hidden_size: int | None = field(
@@ -202,7 +250,15 @@ class LVPruningConfig(PeftConfig):
     # -- validation -------------------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Check every field; raise `ValueError` naming the field, the value and the valid range."""
+        """Check every field; raise `ValueError` naming the field, the value and the valid range.
+        Fills the recipe-dependent fields left at None from `RECIPES[recipe]`."""
+        if self.recipe not in RECIPES:
+            _fail("recipe", self.recipe, f"one of {sorted(RECIPES)}")
+        for name, value in RECIPES[self.recipe].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.training_decisions not in ("gumbel", "top_k"):
+            _fail("training_decisions", self.training_decisions, "'gumbel' or 'top_k'")
         if not _is_number(self.keep) or not 0.0 < self.keep <= 1.0:
             _fail("keep", self.keep, "a number in (0, 1]")
         if not _is_int(self.num_modules) or self.num_modules < 1:
@@ -241,7 +297,8 @@ class LVPruningConfig(PeftConfig):
             _fail("pruner_ffn_mult", self.pruner_ffn_mult, "an integer >= 1")
         if not _is_number(self.gumbel_temperature) or self.gumbel_temperature <= 0:
             _fail("gumbel_temperature", self.gumbel_temperature, "a number > 0")
-        for name in ("ratio_loss_weight", "lm_loss_weight", "distill_weight", "attention_distill_weight"):
+        weights = ("ratio_loss_weight", "lm_loss_weight", "distill_weight", "attention_distill_weight")
+        for name in (*weights, "teacher_rank_weight"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
                 _fail(name, value, "a number >= 0")

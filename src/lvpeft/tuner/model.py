@@ -138,6 +138,7 @@ class LVPruningModel(BaseTuner):
             training=self.model.training,
             temperature=config.gumbel_temperature,
             attention_distill=config.attention_distill_weight > 0,
+            exact_budget=config.training_decisions == "top_k",
         )
 
     def _check_checkpointing(self) -> None:
