@@ -548,7 +548,28 @@ def write_readme(out: Path, record: dict) -> None:
         if stage1
         else ""
     )
-    text = f"""# Tiny LLaVA: lvpeft's embedded base model
+    curriculum = (
+        f" During the first {first['curriculum_steps']} steps the scenes grow from one shape to the full "
+        "task (a curriculum: with one shape the answer only needs the decoder to pool the object's "
+        "patches; more shapes then force it to find the asked one)."
+        if int(first.get("curriculum_steps", "0"))
+        else ""
+    )
+    if a["question_first"] == "True":
+        order = """The prompt puts the question before the image. With the image first, the question's own
+tokens read the image in the decoder's first layer, which no pruning module can precede (modules sit before
+layers 1, 2, 3 of 4): every later layer then gets the answer from the text tokens, and which image
+tokens survive hardly matters. In a 32-layer LLaVA-1.5 this shortcut is a small part of the
+computation; in a 4-layer model it is most of it."""
+    else:
+        order = f"""The prompt has LLaVA-1.5's order, image first. The decoder has {first["text_layers"]}
+layers, so pruning modules sit at the paper's relative depths (before layers 1, 2, 4 by default) and
+most of the reading of the image happens after the first module. Nothing trains the question tokens
+to hold the answer early (no auxiliary loss on text positions; the per-patch loss reads the vision
+tower only) and there is no token-dropout stage, so which vision tokens survive decides the answer:
+see `training_record.json` and docs/recipe.md for what random pruning costs this model."""
+    title = "Tiny LLaVA" if a["question_first"] == "True" else "Tiny LLaVA, image first"
+    text = f"""# {title}: lvpeft's embedded base model
 
 A `transformers.LlavaForConditionalGeneration` with the classes LLaVA-1.5 uses (CLIP vision tower,
 2-layer GELU projector, Llama decoder), trained from scratch on the synthetic scenes VQA task of
@@ -585,13 +606,9 @@ Load it with `lvpeft.demo.tiny_model.load_shipped_base()` (safetensors only).
    turns; the first turn has exactly the inference format. AdamW (lr {first["lr"]}, betas 0.9/0.98, weight
    decay {first["weight_decay"]}), {first["warmup"]} warm-up steps, cosine decay, batch {first["batch_size"]},
    grad-norm clip 1.0. Training scenes stream from the train split (never repeated); the run stops after
-   {first["steps"]} steps or when teacher-forced validation accuracy reaches {first["stop_at"]}.
+   {first["steps"]} steps or when teacher-forced validation accuracy reaches {first["stop_at"]}.{curriculum}
 {stage2}
-The prompt puts the question before the image. With the image first, the question's own tokens read
-the image in the decoder's first layer, which no pruning module can precede (modules sit before
-layers 1, 2, 3 of 4): every later layer then gets the answer from the text tokens, and which image
-tokens survive hardly matters. In a 32-layer LLaVA-1.5 this shortcut is a small part of the
-computation; in a 4-layer model it is most of it.
+{order}
 
 The per-patch heads are not part of the saved model. Each run is a deterministic function of the
 seed on one CPU thread with the versions above (other CPUs or builds may differ in the last bits).

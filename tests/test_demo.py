@@ -24,7 +24,7 @@ from lvpeft.cli import build_parser, main
 from lvpeft.demo.evaluation import kept_patches
 from lvpeft.demo.pipeline import run_demo
 from lvpeft.demo.questions import make_split
-from lvpeft.demo.settings import QUICK_SETTINGS, SCORERS
+from lvpeft.demo.settings import DEFAULT_BASE, QUICK_SETTINGS, SCORERS
 from lvpeft.demo.tiny_model import (
     SHIPPED_BASE_DIR,
     build_processor,
@@ -119,8 +119,10 @@ def test_report_has_every_number_with_a_sane_value(demo: tuple[dict[str, Any], P
     assert report["machine"] and report["test_examples"] == 12 and report["train_examples"] == 12
     assert report["training"]["last_log"]["step"] == SETTINGS.train_steps
     assert report["training"]["hide_answer_from_modules"] is True  # the library default the demo trains with
-    assert report["training"]["attention_distill_weight"] == SETTINGS.attention_distill_weight > 0
-    assert report["training"]["last_log"]["attention_loss"] > 0  # the term was on and logged
+    default = LVPruningConfig()  # the demo trains with the library's default recipe
+    assert report["training"]["recipe"] == default.recipe
+    assert report["training"]["teacher_rank_weight"] == default.teacher_rank_weight > 0
+    assert report["training"]["last_log"]["teacher_rank_loss"] > 0  # the term was on and logged
     assert report["adapter_parameters"] > 0 and report["pruner_dim"] == 64  # the light default for d = 64
 
 
@@ -140,7 +142,7 @@ def test_pictures_and_plot_are_valid_pngs(demo: tuple[dict[str, Any], Path]) -> 
     assert all(f"]({name})" in markdown for name in files)
     assert "| unpruned model |" in markdown and "| random |" in markdown
     assert "the answer hidden from the modules" in markdown
-    assert f"attention-ranking weight {SETTINGS.attention_distill_weight:g}" in markdown
+    assert f"teacher-ranking weight {LVPruningConfig().teacher_rank_weight:g}" in markdown
 
 
 def test_two_questions_on_one_image_record_their_kept_patches(demo: tuple[dict[str, Any], Path]) -> None:
@@ -200,7 +202,7 @@ def test_missing_shipped_base_names_the_training_script() -> None:
 
 def test_cli_registers_the_demo() -> None:
     args = build_parser().parse_args(["demo", "--quick", "--out", "somewhere"])
-    assert args.quick and args.out == "somewhere" and args.base is None
+    assert args.quick and args.out == "somewhere" and args.base == DEFAULT_BASE == "image-first"
     assert args.func.__name__ == "demo_command"
     assert not build_parser().parse_args(["demo"]).quick
 

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from .settings import DEFAULT_SETTINGS, QUICK_SETTINGS
+from .settings import DEFAULT_BASE, DEFAULT_SETTINGS, QUICK_SETTINGS
 
 
 def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,7 +21,11 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--quick", action="store_true", help="a shorter run (~1 min): fewer steps and questions"
     )
     parser.add_argument(
-        "--base", default=None, help="a saved LLaVA model + processor folder (default: the shipped one)"
+        "--base",
+        default=DEFAULT_BASE,
+        help=f"a shipped tiny LLaVA, 'image-first' (LLaVA-1.5's token order, 8 layers) or 'question-first' "
+        f"(4 layers), or a folder with a LLaVA model + processor saved by save_pretrained "
+        f"(default: {DEFAULT_BASE})",
     )
     parser.add_argument(
         "--threads",

@@ -33,7 +33,7 @@ import torch
 from .cost import describe_machine, flops_of, prompt_text_tokens, time_prefill
 from .evaluation import evaluate_all, keep_key, make_pictures
 from .settings import DEFAULT_SETTINGS, SCORERS, DemoSettings
-from .tiny_model import load_base
+from .tiny_model import load_base, shipped_base_name
 from .training import prepare_data, train_adapter, training_summary
 
 if TYPE_CHECKING:  # types only
@@ -97,8 +97,8 @@ def run_demo(
     Args:
         out_dir: receives `data/`, `adapter/`, `report.json`, `report.md` and the PNGs.
         settings: `DEFAULT_SETTINGS` or `QUICK_SETTINGS` (or your own).
-        base_dir: a folder with a LLaVA model and processor saved by `save_pretrained`; None is the
-            shipped tiny model.
+        base_dir: a shipped tiny LLaVA by name ("image-first", "question-first"; None is
+            "question-first") or a folder with a LLaVA model and processor saved by `save_pretrained`.
         log: where progress lines go.
 
     Raises:
@@ -151,9 +151,7 @@ def run_demo(
     schedule = config.resolve_schedule()
     at_keep = results["at_keep"]
     report: dict[str, Any] = {
-        "base_model": str(base_dir)
-        if base_dir is not None
-        else "lvpeft shipped tiny LLaVA (lvpeft/demo/assets/tiny_llava)",
+        "base_model": shipped_base_name(base_dir),
         "machine": describe_machine(),
         "settings": asdict(settings),
         "keep": config.keep,

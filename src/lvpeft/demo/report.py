@@ -261,9 +261,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"{r['pruner_dim']} ({r['adapter_parameters']:,} parameters) before decoder layers {r['layers']}, "
         f"keep schedule {r['schedule']} of the {r['vision_tokens']} vision tokens ({kept} kept). Trained for "
         f"{t['steps']} steps of {t['batch_size']} ({r['train_examples']} scenes questions, learning rate "
-        f"{t['learning_rate']:g}, Gumbel temperature {t['gumbel_temperature']:g}, ratio-loss weight "
-        f"{t['ratio_loss_weight']:g}, distillation weight {t['distill_weight']:g}, attention-ranking weight "
-        f"{t.get('attention_distill_weight', 0.0):g}, the answer "
+        f"{t['learning_rate']:g}, the `{t.get('recipe', 'lvpeft')}` recipe: Gumbel temperature "
+        f"{t['gumbel_temperature']:g}, ratio-loss weight {t['ratio_loss_weight']:g}, teacher-ranking weight "
+        f"{t.get('teacher_rank_weight', 0.0):g}, distillation weight {t['distill_weight']:g}, "
+        f"attention-ranking weight {t.get('attention_distill_weight', 0.0):g}, the answer "
         f"{'hidden from' if t.get('hide_answer_from_modules', True) else 'visible to'} the modules).",
         "",
         f"Test split: {r['test_examples']} questions, greedy `generate()`, exact match of the one-word "

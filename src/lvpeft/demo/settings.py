@@ -43,9 +43,9 @@ class DemoSettings:
         keep: final keep ratio the adapter is trained at (paper: 0.1).
         other_keeps: further keep ratios the trained adapter is evaluated at (`set_keep`).
         baselines_at_every_keep: also run the baselines at `other_keeps` (for the plot).
-        layers, keep_schedule, pruner_dim, gumbel_temperature, ratio_loss_weight, distill_weight,
-        attention_distill_weight:
-            `LVPruningConfig` fields (None: the library's default).
+        layers, keep_schedule, pruner_dim, gumbel_temperature, recipe, ratio_loss_weight,
+        distill_weight, attention_distill_weight, teacher_rank_weight, training_decisions:
+            `LVPruningConfig` fields (None: the library's default, or the recipe's).
         learning_rate, warmup_ratio: the optimiser's schedule (cosine).
         eval_batch_size: batch size of evaluation (left padding).
         pictures: test images pictured with the patches each module keeps (two questions each).
@@ -64,9 +64,12 @@ class DemoSettings:
     keep_schedule: tuple[float, ...] | None = None
     pruner_dim: int | str | None = None
     gumbel_temperature: float = 1.0
-    ratio_loss_weight: float = 20.0
-    distill_weight: float = 1.0
-    attention_distill_weight: float = 0.2
+    recipe: str = "lvpeft"
+    ratio_loss_weight: float | None = None
+    distill_weight: float | None = None
+    attention_distill_weight: float | None = None
+    teacher_rank_weight: float | None = None
+    training_decisions: str | None = None
     learning_rate: float = 3e-3
     warmup_ratio: float = 0.05
     eval_batch_size: int = 50
@@ -95,6 +98,10 @@ QUICK_SETTINGS = replace(
     reload_examples=20,
 )
 """`lvpeft demo --quick`: about 1 minute on two CPU cores."""
+
+DEFAULT_BASE: str = "image-first"
+"""The shipped base `lvpeft demo` runs on: LLaVA-1.5's token order, where which vision tokens survive
+decides the answer (`lvpeft.demo.tiny_model.SHIPPED_BASES`)."""
 
 SCORERS: tuple[str, ...] = ("random", "uniform", "fastv")
 """Training-free baselines compared at the adapter's positions and budget

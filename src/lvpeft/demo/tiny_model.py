@@ -38,10 +38,17 @@ from .questions import vocabulary
 from .scenes import SceneConfig
 
 ASSETS_DIR: Path = Path(__file__).resolve().parent / "assets"
-"""The shipped base models, one folder each (`tiny_llava`), found by folder name."""
+"""The shipped base models, one folder each (`tiny_llava`, `tiny_llava_image_first`)."""
 
 SHIPPED_BASE_DIR: Path = ASSETS_DIR / "tiny_llava"
-"""Folder of the shipped, trained tiny LLaVA (``save_pretrained`` output: safetensors + processor)."""
+"""Folder of the shipped, trained tiny LLaVA with the question before the image (4 decoder layers;
+``save_pretrained`` output: safetensors + processor)."""
+
+IMAGE_FIRST_BASE_DIR: Path = ASSETS_DIR / "tiny_llava_image_first"
+"""Folder of the shipped tiny LLaVA in LLaVA-1.5's token order, image first (8 decoder layers)."""
+
+SHIPPED_BASES: dict[str, Path] = {"question-first": SHIPPED_BASE_DIR, "image-first": IMAGE_FIRST_BASE_DIR}
+"""The shipped bases by the name `lvpeft demo --base` and `load_base` accept."""
 
 IMAGE_SIZE: int = 96
 """Image side in pixels."""
@@ -242,17 +249,27 @@ def generate_answers(
     return [t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
+def shipped_base_name(base_dir: str | Path | None) -> str:
+    """How reports name a base: a shipped one by its name and folder, another by its path."""
+    if base_dir is None or str(base_dir) in SHIPPED_BASES:
+        name = "question-first" if base_dir is None else str(base_dir)
+        return f"lvpeft shipped tiny LLaVA, {name} (lvpeft/demo/assets/{SHIPPED_BASES[name].name})"
+    return str(base_dir)
+
+
 def load_base(base_dir: str | Path | None = None) -> tuple[Any, Any]:
-    """The shipped tiny LLaVA and its processor (or those saved in `base_dir`), in eval mode.
+    """A tiny LLaVA and its processor, in eval mode: the shipped question-first one (None), a shipped
+    one by name (`SHIPPED_BASES`: "question-first", "image-first"), or the one saved in `base_dir`.
 
     Raises:
         FileNotFoundError: no saved model there; the message says how to get one.
     """
-    path = Path(base_dir) if base_dir is not None else SHIPPED_BASE_DIR
+    shipped = base_dir is None or str(base_dir) in SHIPPED_BASES
+    path = SHIPPED_BASES.get(str(base_dir), SHIPPED_BASE_DIR) if shipped else Path(base_dir)
     try:
         return load_shipped_base(path)
     except FileNotFoundError as error:
-        where = "the tiny LLaVA base model that lvpeft ships" if base_dir is None else "a LLaVA base model"
+        where = "the tiny LLaVA base model that lvpeft ships" if shipped else "a LLaVA base model"
         raise FileNotFoundError(
             f"lvpeft demo needs {where} in {path} (config.json, model.safetensors and the processor files), "
             "and there is none. Reinstall lvpeft from a release, train it in a source checkout with "

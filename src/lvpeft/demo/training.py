@@ -84,15 +84,21 @@ def train_adapter(
     from ..tuner.model import get_lvpruning_model
 
     set_seed(settings.seed)
+    chosen = {
+        "ratio_loss_weight": settings.ratio_loss_weight,
+        "distill_weight": settings.distill_weight,
+        "attention_distill_weight": settings.attention_distill_weight,
+        "teacher_rank_weight": settings.teacher_rank_weight,
+        "training_decisions": settings.training_decisions,
+    }
     config = LVPruningConfig(
         keep=settings.keep,
         layers=None if settings.layers is None else list(settings.layers),
         keep_schedule=None if settings.keep_schedule is None else list(settings.keep_schedule),
         pruner_dim=settings.pruner_dim,
         gumbel_temperature=settings.gumbel_temperature,
-        ratio_loss_weight=settings.ratio_loss_weight,
-        distill_weight=settings.distill_weight,
-        attention_distill_weight=settings.attention_distill_weight,
+        recipe=settings.recipe,
+        **{name: value for name, value in chosen.items() if value is not None},  # None: the recipe's
     )
     model = get_lvpruning_model(base, config)
     args = SFTConfig(
@@ -129,16 +135,20 @@ def training_summary(trainer: Any, settings: DemoSettings) -> dict[str, Any]:
     """Hyper-parameters and the first and last logged losses and keep ratios."""
     logs = [e for e in trainer.state.log_history if "lm_loss" in e]
     ratios = sorted(k for k in (logs[-1] if logs else {}) if k.startswith("keep_ratio/"))
-    keys = ["step", "lm_loss", "ratio_loss", "attention_loss", *ratios]
+    keys = ["step", "lm_loss", "ratio_loss", "teacher_rank_loss", "attention_loss", "distill_loss", *ratios]
+    config = trainer.lvpruning_config
     return {
         "steps": settings.train_steps,
         "batch_size": settings.batch_size,
         "learning_rate": settings.learning_rate,
-        "gumbel_temperature": settings.gumbel_temperature,
-        "ratio_loss_weight": settings.ratio_loss_weight,
-        "distill_weight": settings.distill_weight,
-        "attention_distill_weight": settings.attention_distill_weight,
-        "hide_answer_from_modules": trainer.lvpruning_config.hide_answer_from_modules,
+        "recipe": config.recipe,
+        "gumbel_temperature": config.gumbel_temperature,
+        "ratio_loss_weight": config.ratio_loss_weight,
+        "distill_weight": config.distill_weight,
+        "attention_distill_weight": config.attention_distill_weight,
+        "teacher_rank_weight": config.teacher_rank_weight,
+        "training_decisions": config.training_decisions,
+        "hide_answer_from_modules": config.hide_answer_from_modules,
         "first_log": {k: logs[0][k] for k in keys if k in logs[0]} if logs else {},
         "last_log": {k: logs[-1][k] for k in keys if k in logs[-1]} if logs else {},
     }
