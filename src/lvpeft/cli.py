@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from . import __version__
 from .demo.demo_command import add_demo_command
 from .measure.bench import add_bench_command
+from .measure.eval_command import add_eval_command
 from .measure.flops_command import add_flops_command
 
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_bench_command(subparsers)
     add_demo_command(subparsers)
+    add_eval_command(subparsers)
     add_flops_command(subparsers)
     add_inspect_command(subparsers)
     subparsers.add_parser(
