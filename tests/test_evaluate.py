@@ -1,11 +1,13 @@
-"""`lvpeft.evaluate` / `lvpeft eval`: rows for every variant, keep = 1 equals the unpruned model, open-ended
-answers, the JSON report, clear errors, the answer NLL is what generate() sees."""
+"""`lvpeft.evaluate` / `lvpeft eval` and `lvpeft train --eval_data`: rows for every variant, keep = 1 equals
+the unpruned model, open-ended answers, the JSON report, clear errors, the validation callback."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from lvpeft.training.data.validation import (
     load_eval_samples,
     tokenize_sample,
 )
+from lvpeft.training.eval_callback import ValidationNLLCallback
 
 FAST = {"batch_size": 4, "max_new_tokens": 3, "progress": False}
 
@@ -224,6 +227,79 @@ def test_cli_errors_are_one_line_and_plot_needs_matplotlib(ws: dict[str, str], m
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     assert main([*args, "--plot", "out.png"]) == 2
     assert "plotting needs matplotlib" in capsys.readouterr().err
+
+
+# -- lvpeft train --eval_data ---------------------------------------------------------------------
+
+
+def parse_train(ws: dict[str, str], out: Path, *extra: str):
+    from lvpeft.training.train_command import build_train_parser, normalise_argv
+
+    argv = ["--model", ws["model"], "--data", ws["data"], "--image-folder", ws["images"]]
+    argv += ["--output-dir", str(out), "--keep", "0.25", "--learning_rate", "1e-3", "--logging_steps", "1"]
+    argv += ["--per_device_train_batch_size", "2", "--save_strategy", "no", "--eval_data", ws["data"]]
+    return build_train_parser().parse_args_into_dataclasses(args=normalise_argv([*argv, *extra]))
+
+
+def test_train_eval_data_logs_the_validation_nll(ws: dict[str, str], tmp_path: Path) -> None:
+    from lvpeft.training.train_command import run_training
+
+    ours, sft = parse_train(
+        ws, tmp_path / "out", "--max-steps", "3", "--eval_samples", "4", "--eval_steps", "2"
+    )
+    trainer = run_training(ours, sft)
+    logged = [entry for entry in trainer.state.log_history if "eval_nll/lvp" in entry]
+    assert [e["step"] for e in logged] == [2, 3]  # at the evaluation step and at the end
+    assert all("eval_nll/random" in e for e in logged)
+    unpruned = [e for e in trainer.state.log_history if "eval_nll/unpruned" in e]
+    assert len(unpruned) == 1 and unpruned[0]["step"] == 2
+    training_logs = [e["step"] for e in trainer.state.log_history if "lm_loss" in e]
+    assert training_logs == [1, 2, 3]  # the validation log does not swallow the step's training log
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ValidationNLLCallback))
+    assert len(callback.samples) == 4 and callback.history[-1]["eval_nll/lvp"] == logged[-1]["eval_nll/lvp"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--logging_steps", "5"], (50, False)),  # no strategy: every 10 x logging_steps steps
+        (["--eval_steps", "7"], (7, False)),
+        (["--eval_strategy", "steps", "--eval_steps", "0.25"], (0.25, False)),
+        (["--eval_strategy", "epoch"], (None, True)),
+    ],
+)
+def test_eval_data_schedule(ws: dict[str, str], tmp_path: Path, flags: list[str], expected: tuple) -> None:
+    from lvpeft.training.train_command import load_validation
+
+    ours, sft = parse_train(ws, tmp_path / "out", "--eval_samples", "3", *flags)
+    samples, every, per_epoch = load_validation(ours, sft)
+    assert len(samples) == 3 and (every, per_epoch) == expected
+    assert sft.eval_strategy == "no"  # lvpeft's callback evaluates, not the trainer's loop
+
+
+def test_end_of_training_warns_when_the_adapter_does_not_beat_random(ws: dict[str, str], caplog) -> None:
+    model = adapter_model(ws["model"])
+    logged: list[dict[str, float]] = []
+    trainer = SimpleNamespace(
+        model=model,
+        accelerator=SimpleNamespace(unwrap_model=lambda m: m),
+        processing_class=tiny_processor(),
+        log=logged.append,
+    )
+    samples, _ = load_eval_samples(ws["data"], ws["images"], max_samples=2)
+    callback = ValidationNLLCallback(trainer, samples, batch_size=2)
+    state = SimpleNamespace(global_step=7)
+    with caplog.at_level(logging.WARNING, logger="lvpeft.training.eval_callback"):
+        callback.on_train_end(None, state, None)  # measures the final adapter: real numbers
+        assert set(logged[0]) == {"eval_nll/lvp", "eval_nll/random", "eval_nll/unpruned"}
+        callback.history[-1].update({"eval_nll/lvp": 2.0, "eval_nll/random": 2.5})
+        caplog.clear()
+        assert callback.warn_if_not_better() is None and not caplog.records
+        callback.history[-1].update({"eval_nll/lvp": 2.5})  # a tie is not a win
+        message = callback.warn_if_not_better()
+    assert message is not None and "the adapter does not beat random pruning at keep=0.25" in caplog.text
+    assert "2.5000 (adapter) vs 2.5000 (random" in message and "after step 7" in message
+    assert "docs/evaluation.md" in message
 
 
 def test_answer_nll_is_what_generate_sees(ws: dict[str, str]) -> None:

@@ -11,6 +11,13 @@ Every `SFTConfig` / `TrainingArguments` option is reachable (`--per_device_train
 gives them: learning rate 2e-6, 3 % warm-up, cosine schedule, no weight decay, max grad norm 1.0
 (METHOD.md; 2e-6 is for a 7B model: a tiny model needs ~1e-3). The output folder receives the
 adapter, its model card and the trainer's checkpoints (for `--resume`); never the base weights.
+
+`--eval_data FILE` (LLaVA-format, like `--data`) adds validation on its first `--eval_samples` usable rows:
+at every evaluation (`--eval_strategy steps|epoch` and `--eval_steps`; by default every `--eval_steps`, or
+`10 * logging_steps`, steps) and at the end of training, `ValidationNLLCallback` logs the answer NLL of the
+adapter-pruned model, of random pruning at the same budget and (once) of the unpruned model, and warns at
+the end when the adapter does not beat random pruning. The callback runs these evaluations itself; the
+trainer's own evaluation loop stays off.
 """
 
 from __future__ import annotations
@@ -92,6 +99,19 @@ class TrainCommandArguments:
         default="skip", metadata={"help": "'skip' bad rows (counted in the log) or 'raise' before training."}
     )
     max_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    eval_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "LLaVA-format validation JSON/JSONL. At every evaluation (--eval_strategy; by default "
+            "every --eval_steps or 10 x logging_steps steps) and at the end, log the answer NLL of the "
+            "adapter (eval_nll/lvp), of random pruning at the same budget (eval_nll/random) and of the "
+            "unpruned model (eval_nll/unpruned)."
+        },
+    )
+    eval_image_folder: str | None = field(
+        default=None, metadata={"help": "Folder of --eval_data's image paths (default: --image-folder)."}
+    )
+    eval_samples: int = field(default=64, metadata={"help": "Validation questions: the first N usable rows."})
     dtype: str = field(
         default="auto", metadata={"help": "Base model dtype: auto, bfloat16, float16, float32."}
     )
@@ -178,6 +198,7 @@ def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
 
     from ..tuner.model import get_lvpruning_model
     from .data.llava_format import LLAVA_TRAINING_CHAT_TEMPLATE, load_llava_dataset
+    from .eval_callback import ValidationNLLCallback
     from .trainer import LVPruningTrainer
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -194,6 +215,7 @@ def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     logger.info("data: %s", report.summary())
     if len(dataset) == 0:
         raise ValueError(f"No usable rows in {ours.data}: {report}")
+    validation = load_validation(ours, sft_args) if ours.eval_data else None
     dtype = "auto" if ours.dtype == "auto" else getattr(torch, ours.dtype)
     processor = AutoProcessor.from_pretrained(ours.model)
     if sft_args.assistant_only_loss and not sft_args.chat_template_path:
@@ -216,6 +238,14 @@ def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     model = get_lvpruning_model(base, config)
     model.print_trainable_parameters()
     trainer = LVPruningTrainer(model=model, args=sft_args, train_dataset=dataset, processing_class=processor)
+    if validation is not None:
+        samples, eval_steps, per_epoch = validation
+        batch_size = sft_args.per_device_eval_batch_size
+        trainer.add_callback(
+            ValidationNLLCallback(
+                trainer, samples, batch_size, sft_args.seed, eval_steps=eval_steps, per_epoch=per_epoch
+            )
+        )
     resume = bool(ours.resume) and _has_checkpoint(sft_args.output_dir)
     if ours.resume and not resume:
         logger.warning("--resume: no checkpoint in %s, starting from scratch", sft_args.output_dir)
@@ -226,6 +256,41 @@ def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     if sft_args.push_to_hub:
         trainer.push_to_hub()
     return trainer
+
+
+def load_validation(ours: TrainCommandArguments, sft_args: Any) -> tuple[list[Any], float | None, bool]:
+    """The validation questions of `--eval_data` (its first `--eval_samples` usable rows, bad rows skipped)
+    and when to measure them: `(samples, every how many steps or None, at every epoch end)`.
+
+    `--eval_strategy steps` (or none given) measures every `--eval_steps` steps, by default every
+    `10 * logging_steps` (a fractional `logging_steps` gives a fraction 10 times larger, at most 1);
+    `epoch` at every epoch end. `ValidationNLLCallback` measures on that schedule and at the end of training;
+    `sft_args.eval_strategy` is set to "no", so the trainer's own evaluation loop (which would need an
+    `eval_dataset`) stays off.
+    """
+    from transformers.trainer_utils import IntervalStrategy
+
+    from .data.validation import load_eval_samples
+
+    if ours.eval_samples < 1:
+        raise ValueError(f"--eval_samples must be at least 1, got {ours.eval_samples}.")
+    folder = ours.eval_image_folder if ours.eval_image_folder is not None else ours.image_folder
+    samples, report = load_eval_samples(ours.eval_data, folder, max_samples=ours.eval_samples)
+    logger.info("validation data: %s", report.summary())
+    per_epoch = sft_args.eval_strategy == IntervalStrategy.EPOCH
+    every = None
+    if not per_epoch:
+        every = sft_args.eval_steps
+        if every is None:
+            steps = sft_args.logging_steps
+            every = min(1.0, 10 * steps) if steps < 1 else int(10 * steps)
+    sft_args.eval_strategy = IntervalStrategy.NO
+    logger.info(
+        "--eval_data: validation answer NLL on %d questions %s and at the end of training",
+        len(samples),
+        "at every epoch end" if per_epoch else f"every {every:g} steps",
+    )
+    return samples, every, per_epoch
 
 
 def _has_checkpoint(output_dir: str) -> bool:
