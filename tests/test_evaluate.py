@@ -159,7 +159,8 @@ def test_cli_writes_json_and_prints_the_table(ws: dict[str, str], tmp_path: Path
         "scorers",
         "rows",
     }
-    assert report["adapter"] == ws["adapter"] and report["samples"] == 4 and report["keeps"] == [0.25]
+    assert report["adapter"] == ws["adapter"] and report["model"] == ws["model"]  # the base, from the config
+    assert report["samples"] == 4 and report["keeps"] == [0.25]
     assert [(r["method"], r["keep"]) for r in report["rows"]] == [
         ("unpruned", None),
         ("lvpruning", 0.25),

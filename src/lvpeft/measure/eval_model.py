@@ -29,7 +29,7 @@ class EvalModel:
     Attributes:
         model: the `PeftModel` (LVPruning adapter active).
         processor: its processor.
-        name: what the user passed (path, Hub id, or class name); adapter: the adapter path or id, if any.
+        name: the base model (path, Hub id, or class name); adapter: the adapter path or id, if any.
         has_adapter: whether the adapter holds trained modules (False when lvpeft wrapped a base).
         unwrap: unload the adapter when the session ends (lvpeft wrapped a model object it was given).
     """
@@ -95,11 +95,13 @@ def load_eval_model(
     if isinstance(model, PeftModel):
         lvpruning_tuner(model)  # TypeError for another method
         processor = processor or _load_processor(getattr(model.get_base_model(), "name_or_path", ""))
-        return EvalModel(model, processor, type(model.get_base_model()).__name__, None, has_adapter=True)
+        name = getattr(model.get_base_model(), "name_or_path", "") or type(model.get_base_model()).__name__
+        return EvalModel(model, processor, name, None, has_adapter=True)
     if isinstance(model, nn.Module):
         wrapped = get_lvpruning_model(model, LVPruningConfig(keep=keep, layers=_layers(layers)))
         processor = processor or _load_processor(getattr(model, "name_or_path", ""))
-        return EvalModel(wrapped, processor, type(model).__name__, None, has_adapter=False, unwrap=True)
+        name = getattr(model, "name_or_path", "") or type(model).__name__
+        return EvalModel(wrapped, processor, name, None, has_adapter=False, unwrap=True)
 
     name = os.fspath(model)
     _check_local(name)
@@ -111,8 +113,9 @@ def load_eval_model(
         from ..tuner.loading import from_pretrained
 
         peft_model = from_pretrained(name, **kwargs)
-        processor = processor or _load_processor(adapter_config.base_model_name_or_path or "")
-        return EvalModel(peft_model, processor, name, name, has_adapter=True)
+        base_name = adapter_config.base_model_name_or_path or ""
+        processor = processor or _load_processor(base_name)
+        return EvalModel(peft_model, processor, base_name or name, name, has_adapter=True)
     from transformers import AutoModelForImageTextToText
 
     base = AutoModelForImageTextToText.from_pretrained(name, use_safetensors=True, **kwargs)

@@ -56,7 +56,7 @@ class EvalReport:
 
     Attributes:
         rows: `unpruned` first, then per keep (in the order given) the adapter, then each scorer.
-        model: the model argument (a path, Hub id or class name); adapter: the adapter, if any.
+        model: the base model (a path, Hub id or class name); adapter: the adapter, if any.
         data: the data file; samples: questions used; skipped_rows: rows the loader skipped.
         layers: decoder layers the modules sit before; seed: the random scorer's seed.
         max_new_tokens: generation budget of each answer.
