@@ -77,3 +77,28 @@ def test_hidden_slots_of_another_shape_are_refused() -> None:
     wrong = torch.zeros(inputs["input_ids"].shape[0], inputs["input_ids"].shape[1] + 1, dtype=torch.bool)
     with pytest.raises(ValueError, match="labels != -100"), lvpruning_tuner(model).hide_from_modules(wrong):
         model(**inputs)
+
+
+def test_hidden_answer_stays_in_the_sequence_in_eval() -> None:
+    """Hiding the answer from the modules (as the trainer does, also in its evaluation loop) must not
+    remove it from the sequence: the answer's logits equal a pruned prefill of the prompt followed by
+    the answer decoded on its cache."""
+    from transformers import DynamicCache
+
+    model, prompts = model_and_prompts(train=False)
+    inputs = batch(prompts)
+    full = batch([p + ANSWER for p in prompts])
+    answer = torch.zeros_like(full["input_ids"], dtype=torch.bool)
+    answer[:, -len(ANSWER) :] = True
+    with torch.no_grad():
+        with lvpruning_tuner(model).hide_from_modules(answer):
+            together = model(**full).logits[:, -len(ANSWER) - 1 :]
+        cache = DynamicCache(config=model.get_base_model().config.text_config)
+        prefill = model(**inputs, past_key_values=cache, use_cache=True).logits[:, -1:]
+        decoded = model(
+            input_ids=full["input_ids"][:, -len(ANSWER) :],
+            attention_mask=full["attention_mask"],
+            past_key_values=cache,
+            use_cache=True,
+        ).logits
+    torch.testing.assert_close(together, torch.cat([prefill, decoded], dim=1), atol=1e-4, rtol=1e-4)

@@ -248,10 +248,11 @@ class TokenPruner:
         self, ctx: ForwardContext, stage: int, hidden: torch.Tensor, kwargs: dict, layer: nn.Module
     ) -> torch.Tensor:
         plan = ctx.plan
-        language = ctx.valid & ~ctx.is_vision
+        text = ctx.valid & ~ctx.is_vision  # every language token stays in the sequence
+        language = text  # the language tokens the scorers read
         if ctx.unseen is not None:
-            seen = language & ~gather_slots(ctx.unseen, ctx.positions.clamp(min=0))
-            language = torch.where(seen.any(dim=1, keepdim=True), seen, language)
+            seen = text & ~gather_slots(ctx.unseen, ctx.positions.clamp(min=0))
+            language = torch.where(seen.any(dim=1, keepdim=True), seen, text)
         candidates = ctx.valid & ctx.alive
         keep = keep_counts(ctx.num_vision, plan.ratios[stage])  # (B,)
         rope = kwargs.get("position_embeddings")
@@ -281,10 +282,10 @@ class TokenPruner:
         ctx.keep_ratios.append(_mean_ratio(kept.sum(1), ctx.num_vision, has_vision))
         if plan.mode is PruneMode.MASK:
             ctx.alive = kept
-            ctx.stage_keys[stage] = StageKeys(ctx.positions, language | kept)
+            ctx.stage_keys[stage] = StageKeys(ctx.positions, text | kept)
             return hidden
         with record_function("lvpruning::repack"):
-            index, valid = pack(language | kept)  # (B, L') left-padded
+            index, valid = pack(text | kept)  # (B, L') left-padded
             hidden = gather_slots(hidden, index)
             ctx.positions = torch.where(valid, gather_slots(ctx.positions, index), -1)
             ctx.is_vision = gather_slots(ctx.is_vision, index) & valid
