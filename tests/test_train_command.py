@@ -204,3 +204,21 @@ def test_attention_distill_flag_reaches_the_config(flag: list[str], expected: fl
 
     ours, _ = build_train_parser().parse_args_into_dataclasses(["--model", "m", "--data", "d.json", *flag])
     assert adapter_config(ours).attention_distill_weight == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], ("lvpeft", 1.0, "gumbel", True)),
+        (["--recipe", "paper"], ("paper", 0.0, "gumbel", False)),
+        (["--recipe", "paper", "--teacher_rank_weight", "0.5"], ("paper", 0.5, "gumbel", False)),
+        (["--training_decisions", "top_k"], ("lvpeft", 1.0, "top_k", True)),
+    ],
+)
+def test_recipe_flags_reach_the_config(flags: list[str], expected: tuple) -> None:
+    """--recipe sets every recipe-dependent option left unset; an explicit option wins."""
+    from lvpeft.training.train_command import adapter_config, build_train_parser
+
+    ours, _ = build_train_parser().parse_args_into_dataclasses(["--model", "m", "--data", "d.json", *flags])
+    c = adapter_config(ours)
+    assert (c.recipe, c.teacher_rank_weight, c.training_decisions, c.hide_answer_from_modules) == expected

@@ -4,7 +4,6 @@ does, then train an adapter on the frozen base with `LVPruningTrainer`."""
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,9 +12,6 @@ from .settings import DemoSettings
 
 if TYPE_CHECKING:  # types only
     from .questions import VQAExample
-
-GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
-"""A `{% generation %}` tag (not the word in `add_generation_prompt`)."""
 
 
 @dataclass
@@ -61,7 +57,7 @@ def training_processor(processor: Any) -> Any:
     training template. The copy keeps inference prompts (rendered with the original) free of a
     second BOS.
     """
-    from ..training.data.llava_format import LLAVA_TRAINING_CHAT_TEMPLATE
+    from ..training.data.llava_format import GENERATION_MARKER, LLAVA_TRAINING_CHAT_TEMPLATE
 
     processor = copy.deepcopy(processor)
     if not GENERATION_MARKER.search(getattr(processor, "chat_template", None) or ""):

@@ -75,22 +75,43 @@ class TrainCommandArguments:
             "(d/8, at least 64)."
         },
     )
-    ratio_loss_weight: float = field(default=2.0, metadata={"help": "lambda_ratio."})
-    distill_weight: float = field(
-        default=0.0, metadata={"help": "Weight of KL(unpruned || pruned); 0 = off."}
-    )
-    attention_distill_weight: float = field(
-        default=0.0,
+    recipe: str = field(
+        default="lvpeft",
         metadata={
-            "help": "Weight of the last module's ranking loss against its layer's attention from the last "
-            "prompt token; 0 = off."
+            "help": "'lvpeft' (default: LM + keep ratio + teacher ranking for every module) or 'paper' "
+            "(LVPruning as published). The options below left unset take the recipe's value."
         },
     )
-    hide_answer_from_modules: bool = field(
-        default=True,
+    ratio_loss_weight: float = field(default=2.0, metadata={"help": "lambda_ratio."})
+    teacher_rank_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the teacher-ranking term (every module ranks what the unpruned model's later "
+            "layers read from each vision token); 0 = off. Default: the recipe's (lvpeft: 1, paper: 0)."
+        },
+    )
+    training_decisions: str | None = field(
+        default=None,
+        metadata={
+            "help": "'gumbel' (per-token, the paper) or 'top_k' (the exact budget). Default: the recipe's."
+        },
+    )
+    distill_weight: float | None = field(
+        default=None,
+        metadata={"help": "Weight of KL(unpruned || pruned); 0 = off. Default: the recipe's (0)."},
+    )
+    attention_distill_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the last module's ranking loss against its layer's attention from the last "
+            "prompt token; 0 = off. Default: the recipe's (0)."
+        },
+    )
+    hide_answer_from_modules: bool | None = field(
+        default=None,
         metadata={
             "help": "The decision modules do not attend to the trained answer tokens, as at inference "
-            "(false: the paper's modules see them)."
+            "(false: the paper's modules see them). Default: the recipe's (lvpeft: true, paper: false)."
         },
     )
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in --output-dir."})
@@ -183,7 +204,10 @@ def adapter_config(ours: TrainCommandArguments) -> LVPruningConfig:
         keep=ours.keep,
         layers=[int(x) for x in ours.layers.split(",")] if ours.layers else None,
         pruner_dim=int(ours.pruner_dim) if (ours.pruner_dim or "").isdigit() else ours.pruner_dim,
+        recipe=ours.recipe,
         ratio_loss_weight=ours.ratio_loss_weight,
+        teacher_rank_weight=ours.teacher_rank_weight,
+        training_decisions=ours.training_decisions,
         distill_weight=ours.distill_weight,
         attention_distill_weight=ours.attention_distill_weight,
         hide_answer_from_modules=ours.hide_answer_from_modules,
@@ -197,7 +221,7 @@ def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 
     from ..tuner.model import get_lvpruning_model
-    from .data.llava_format import LLAVA_TRAINING_CHAT_TEMPLATE, load_llava_dataset
+    from .data.llava_format import GENERATION_MARKER, LLAVA_TRAINING_CHAT_TEMPLATE, load_llava_dataset
     from .eval_callback import ValidationNLLCallback
     from .trainer import LVPruningTrainer
 
@@ -220,7 +244,7 @@ def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     processor = AutoProcessor.from_pretrained(ours.model)
     if sft_args.assistant_only_loss and not sft_args.chat_template_path:
         template = getattr(processor, "chat_template", None) or ""
-        if "generation" not in template:
+        if not GENERATION_MARKER.search(template):
             logger.warning(
                 "%s's chat template does not mark the assistant answers ({%% generation %%}); training with "
                 "lvpeft's LLaVA-1.5 template (USER: <image>\\n... ASSISTANT: ...</s>). Pass "

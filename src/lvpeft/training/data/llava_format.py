@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ from .llava_rows import (
 )
 
 __all__ = [
+    "GENERATION_MARKER",
     "IMAGE_PLACEHOLDER",
     "LLAVA_FEATURES",
     "LLAVA_TRAINING_CHAT_TEMPLATE",
@@ -117,6 +119,10 @@ LLAVA_FEATURES: datasets.Features = datasets.Features(
     }
 )
 """Schema of the loaded dataset; ``images`` holds paths and decodes to RGB PIL images on access."""
+
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+"""A `{% generation %}` tag, which marks the assistant answers for `assistant_only_loss` (not the word
+in `add_generation_prompt`)."""
 
 LLAVA_TRAINING_CHAT_TEMPLATE: str = (
     "{{- bos_token -}}"
