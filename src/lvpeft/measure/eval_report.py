@@ -21,8 +21,8 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError as error:
         raise ImportError(
-            "plotting needs matplotlib, which lvpeft does not install: `pip install matplotlib` "
-            "(or drop --plot)."
+            "plotting needs matplotlib, which lvpeft does not install by default: "
+            "`pip install 'lvpeft[plot]'` (or drop --plot)."
         ) from error
 
 
