@@ -509,9 +509,9 @@ def write_readme(out: Path, record: dict) -> None:
     weights_mb = (out / "model.safetensors").stat().st_size / 1e6
     per_kind = ", ".join(f"{k} {v:.1%}" for k, v in record["test_accuracy_per_kind"].items())
     prompt = (
-        "USER: {{question}}\\n<image> ASSISTANT:"
+        "USER: {question}\\n<image> ASSISTANT:"
         if a["question_first"] == "True"
-        else ("USER: <image>\\n{{question}} ASSISTANT:")
+        else ("USER: <image>\\n{question} ASSISTANT:")
     )
     if stage1:
         commands = (

@@ -10,7 +10,7 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 from lvpeft.demo.questions import make_split, vocabulary
 from lvpeft.demo.tiny_model import (
     NUM_IMAGE_TOKENS,
-    SHIPPED_BASE_DIR,
+    SHIPPED_BASES,
     asks_question_first,
     build_processor,
     build_prompts,
@@ -149,13 +149,17 @@ def test_load_shipped_base_without_assets_raises(tmp_path) -> None:
         load_shipped_base(tmp_path / "missing")
 
 
-@pytest.mark.skipif(not (SHIPPED_BASE_DIR / "model.safetensors").is_file(), reason="no shipped base model")
-def test_shipped_base_answers_test_questions() -> None:
-    files = {f.name for f in SHIPPED_BASE_DIR.iterdir()}
+@pytest.mark.parametrize(("name", "question_first"), [("question-first", True), ("image-first", False)])
+def test_shipped_base_answers_test_questions(name: str, question_first: bool) -> None:
+    folder = SHIPPED_BASES[name]
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip(f"no shipped {name} base model")
+    files = {f.name for f in folder.iterdir()}
     assert "model.safetensors" in files and not any(n.endswith((".bin", ".pt", ".pkl")) for n in files)
-    assert sum(f.stat().st_size for f in SHIPPED_BASE_DIR.iterdir()) < 20e6
-    model, processor = load_shipped_base()
-    examples = make_split("test", 100, seed=123)  # another stream than the training script's test set
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 20e6
+    model, processor = load_shipped_base(folder)
+    assert asks_question_first(processor) is question_first
+    examples = make_split("test", 200, seed=123)  # another stream than the training script's test set
     answers = generate_answers(model, processor, [e.image for e in examples], [e.question for e in examples])
     accuracy = sum(a == e.answer for a, e in zip(answers, examples, strict=True)) / len(examples)
-    assert accuracy >= 0.9, accuracy
+    assert accuracy >= 0.85, accuracy  # 94.0 % and 90.1 % on the training script's 1,000 test questions
