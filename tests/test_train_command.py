@@ -209,10 +209,10 @@ def test_attention_distill_flag_reaches_the_config(flag: list[str], expected: fl
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        ([], ("lvpeft", 1.0, "gumbel", True)),
+        ([], ("lvpeft", 1.0, "top_k", True)),
         (["--recipe", "paper"], ("paper", 0.0, "gumbel", False)),
         (["--recipe", "paper", "--teacher_rank_weight", "0.5"], ("paper", 0.5, "gumbel", False)),
-        (["--training_decisions", "top_k"], ("lvpeft", 1.0, "top_k", True)),
+        (["--training_decisions", "gumbel"], ("lvpeft", 1.0, "gumbel", True)),
     ],
 )
 def test_recipe_flags_reach_the_config(flags: list[str], expected: tuple) -> None:

@@ -15,6 +15,7 @@ import lvpeft
 import lvpeft.pruning.hooks
 from helpers import tiny_llava, tiny_processor
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
+from lvpeft.pruning.decisions import select_top_k
 from lvpeft.training.trainer import LVPruningTrainer
 
 
@@ -59,6 +60,15 @@ def make_trainer(tmp_path: Path, config: LVPruningConfig | None = None, **args) 
     )
 
 
+def test_default_training_keeps_exactly_the_inference_budget(tmp_path: Path) -> None:
+    """The default recipe trains with Gumbel-top-k: every module keeps round(ratio * 16) tokens."""
+    trainer = make_trainer(tmp_path)
+    trainer.train()
+    for entry in (e for e in trainer.state.log_history if "keep_ratio/1" in e):
+        got = [entry[f"keep_ratio/{i}"] for i in (1, 2, 3)]
+        assert got == pytest.approx([round(r * 16) / 16 for r in (0.65, 0.45, 0.25)], abs=1e-6)
+
+
 def test_steps_change_only_the_adapter_and_log_every_loss(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path)  # the default recipe: LM + ratio + teacher ranking
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -77,8 +87,13 @@ def test_steps_change_only_the_adapter_and_log_every_loss(tmp_path: Path) -> Non
 
 
 def test_ratio_loss_drives_keep_ratio_to_the_schedule(tmp_path: Path) -> None:
-    config = LVPruningConfig(
-        keep=0.25, lm_loss_weight=0.0, ratio_loss_weight=1.0, teacher_rank_weight=0.0, pruner_dim=16
+    config = LVPruningConfig(  # per-token decisions (the paper's): the ratio loss steers the count
+        keep=0.25,
+        lm_loss_weight=0.0,
+        ratio_loss_weight=1.0,
+        teacher_rank_weight=0.0,
+        training_decisions="gumbel",
+        pruner_dim=16,
     )
     trainer = make_trainer(tmp_path, config, max_steps=40, learning_rate=3e-2, lr_scheduler_type="constant")
     trainer.train()
@@ -94,11 +109,14 @@ def test_gradient_accumulation_equals_the_large_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # noise-free straight-through decisions, so both runs decide the same
-    def deterministic(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        soft = torch.softmax(logits.float() / temperature, dim=-1)[..., 0]
-        return (soft > 0.5).float() - soft.detach() + soft
+    def deterministic(
+        scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, t: float
+    ) -> torch.Tensor:
+        hard = select_top_k(scores, candidates, k).float()
+        soft = torch.sigmoid(scores.float() / t) * candidates
+        return hard - soft.detach() + soft
 
-    monkeypatch.setattr(lvpeft.pruning.hooks, "gumbel_keep", deterministic)
+    monkeypatch.setattr(lvpeft.pruning.hooks, "gumbel_top_k", deterministic)
     results = []
     for batch_size, accumulation in ((4, 1), (2, 2)):
         trainer = make_trainer(

@@ -26,7 +26,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "distill_weight": 0.0,
         "attention_distill_weight": 0.0,
         "teacher_rank_weight": 1.0,
-        "training_decisions": "gumbel",
+        "training_decisions": "top_k",
         "hide_answer_from_modules": True,
     },
     "paper": {
@@ -155,7 +155,7 @@ class LVPruningConfig(PeftConfig):
             "help": "How modules decide in training: 'gumbel' (the paper: an independent hard "
             "Gumbel-Softmax decision per token, the keep-ratio loss steering the count) or 'top_k' "
             "(exactly the inference budget, Gumbel-top-k with a straight-through gradient). "
-            "None: the recipe's."
+            "None: the recipe's (lvpeft: 'top_k', paper: 'gumbel')."
         },
     )
     attention_distill_weight: float | None = field(
