@@ -10,31 +10,12 @@ from dataclasses import dataclass, replace
 class DemoSettings:
     """What the demo trains and measures.
 
-    The defaults fit the whole run into about 4 minutes on two CPU cores (`QUICK_SETTINGS`: about
-    1 minute). Why these values (`scripts/demo_ablation.py` on the shipped base, 300 test questions,
-    accuracy at keep 0.1; the base model answers 95.3 % of them unpruned):
-
-    - `ratio_loss_weight=20`: with DynamicViT's 2 the distillation term wins and the last module
-      keeps ~15 % of the tokens in training while inference keeps exactly 10 % (91.3 %); 20 holds
-      training near the schedule (91.7 %); 100 over-constrains it (79 % on an earlier base).
-    - `distill_weight=1.0`: the unpruned model's next-token distribution is the signal that teaches
-      the modules what the answer needs; with the LM loss alone the modules learned to keep 31 % of
-      the evidence patches instead of 84 % and answered 64 % (earlier base, ratio weight 20).
-    - `pruner_dim=None`: the library's light default (d/8, at least 64: 64 here); the paper's
-      C = d = 128 (`"paper"`) answered 90.0 %, no better.
-    - `learning_rate=3e-3`, cosine, 5 % warm-up, 200 steps of 16: a tiny model wants ~1e-3 (2e-6 is the
-      paper's for 7B); 1e-3 answered 82.3 % against 84.0 % for 3e-3 (earlier base); on the shipped
-      base, 1,000 validation questions: 1e-3 89.4 %, 3e-3 89.7 %, 1e-2 85.1 %.
-    - `gumbel_temperature=1.0`: DynamicViT's value, which the paper follows.
-    - the answer hidden from the modules in training (the library default,
-      `hide_answer_from_modules`): 92.0 % against 91.7 % with the paper's visible answer; on 1,000
-      validation questions 89.9 / 90.1 % against 89.7 / 89.6 % (seeds 0 / 1).
-    - `attention_distill_weight=0.2`: the last module also learns to rank what the model itself reads
-      (the last prompt token's attention at that layer). Without it the last module keeps the
-      evidence but orders the objects of a crowded scene at random, since per-token training
-      decisions let it keep them all; 1,000 validation questions, seeds 0 / 1 / 2: 92.7 / 91.2 /
-      91.1 % against 89.9 / 90.1 / 88.7 % (weight 1: 88.8 %); the demo's test split: 93.7 % against
-      92.0 %.
+    The defaults fit the whole run into a few minutes on two CPU cores (`QUICK_SETTINGS`: about a
+    minute). The adapter is trained with the library's default recipe (`LVPruningConfig()`: exact
+    budget, teacher ranking; every loss field here is None) and the learning rate of
+    docs/recipe.md's measurements (1e-3 for these tiny models), so that what the demo shows is what
+    a user gets out of the box. The earlier hand-tuned demo settings (distillation, a last-module
+    attention term, ratio weight 20, lr 3e-3) and their ablations: docs/demo-findings.md.
 
     Attributes:
         train_steps: optimiser steps (one pass over `train_steps * batch_size` fresh scenes).
@@ -70,7 +51,7 @@ class DemoSettings:
     attention_distill_weight: float | None = None
     teacher_rank_weight: float | None = None
     training_decisions: str | None = None
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     warmup_ratio: float = 0.05
     eval_batch_size: int = 50
     pictures: int = 2
