@@ -24,15 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import set_seed
-from trl import SFTConfig
 
 from lvpeft.demo.evaluation import evaluate, keep_ratio, scorer_variants
 from lvpeft.demo.questions import make_split
 from lvpeft.demo.settings import DEFAULT_SETTINGS, SCORERS
 from lvpeft.demo.tiny_model import load_base
-from lvpeft.demo.training import prepare_data, training_processor
-from lvpeft.training.trainer import LVPruningTrainer
+from lvpeft.demo.training import prepare_data, train_adapter
 from lvpeft.tuner.config import LVPruningConfig
 from lvpeft.tuner.model import get_lvpruning_model
 
@@ -73,17 +70,18 @@ def main() -> None:
     changes = config_changes(args.set)
     keeps = [float(k) for k in args.keeps.split(",")]
     base, processor = load_base(args.base)
-    settings = replace(DEFAULT_SETTINGS, train_steps=args.steps, seed=args.seed, test_examples=1)
+    settings = replace(
+        DEFAULT_SETTINGS, train_steps=args.steps, seed=args.seed, learning_rate=args.lr, test_examples=1
+    )
     questions = make_split("validation", args.val, seed=0)
     row: dict[str, Any] = {"name": args.name, "base": args.base, "seed": args.seed, "lr": args.lr}
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        set_seed(args.seed)
-        model = get_lvpruning_model(base, LVPruningConfig(keep=0.1, **changes))
-        row["config"] = {k: v for k, v in model.peft_config["default"].to_dict().items() if "weight" in k}
-        row["config"].update(recipe=model.peft_config["default"].recipe, changes=changes)
+        config = LVPruningConfig(keep=0.1, **changes)
+        row["config"] = {k: v for k, v in config.to_dict().items() if "weight" in k or k == "recipe"}
+        row["config"]["changes"] = changes
         if args.baselines:
-            model.eval()
+            model = get_lvpruning_model(base, config).eval()
             with model.disable_adapter():
                 row["unpruned"] = evaluate(model, processor, questions).accuracy
             variants = scorer_variants(model)
@@ -94,36 +92,9 @@ def main() -> None:
                             row[f"{name}@{keep:g}"] = evaluate(model, processor, questions).accuracy
         else:
             data = prepare_data(Path(tmp), settings, processor)
-            sft = SFTConfig(
-                output_dir=str(Path(tmp) / "adapter"),
-                max_steps=args.steps,
-                per_device_train_batch_size=settings.batch_size,
-                learning_rate=args.lr,
-                lr_scheduler_type="cosine",
-                warmup_steps=settings.warmup_ratio,
-                weight_decay=0.0,
-                max_grad_norm=1.0,
-                logging_steps=20,
-                save_strategy="no",
-                report_to="none",
-                use_cpu=True,
-                bf16=False,
-                activation_checkpointing=False,
-                disable_tqdm=True,
-                assistant_only_loss=True,
-                max_length=None,
-                dataloader_num_workers=0,
-                seed=args.seed,
-                data_seed=args.seed,
+            model, trainer = train_adapter(
+                base, processor, data.train, settings, Path(tmp) / "adapter", config=config
             )
-            trainer = LVPruningTrainer(
-                model=model,
-                args=sft,
-                train_dataset=data.train,
-                processing_class=training_processor(processor),
-            )
-            trainer.train()
-            model.eval()
             logs = [e for e in trainer.state.log_history if "lm_loss" in e]
             row["grad_norms"] = [round(e.get("grad_norm", 0.0), 2) for e in logs]
             row["last_log"] = logs[-1] if logs else {}

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .settings import DemoSettings
 
 if TYPE_CHECKING:  # types only
+    from ..tuner.config import LVPruningConfig
     from .questions import VQAExample
 
 
@@ -66,11 +67,18 @@ def training_processor(processor: Any) -> Any:
 
 
 def train_adapter(
-    base: Any, processor: Any, dataset: Any, settings: DemoSettings, output_dir: str | Path
+    base: Any,
+    processor: Any,
+    dataset: Any,
+    settings: DemoSettings,
+    output_dir: str | Path,
+    config: LVPruningConfig | None = None,
 ) -> tuple[Any, Any]:
     """Wrap `base` with an LVPruning adapter and train it; returns `(peft_model, trainer)`.
 
-    The model comes back in eval mode (pruning by removal). Nothing is saved here.
+    The adapter's config is built from `settings` unless `config` is given (scripts/recipe_study.py
+    passes any `LVPruningConfig`); the optimiser always follows `settings`. The model comes back in
+    eval mode (pruning by removal). Nothing is saved here.
     """
     from transformers import set_seed
     from trl import SFTConfig
@@ -87,7 +95,7 @@ def train_adapter(
         "teacher_rank_weight": settings.teacher_rank_weight,
         "training_decisions": settings.training_decisions,
     }
-    config = LVPruningConfig(
+    config = config or LVPruningConfig(
         keep=settings.keep,
         layers=None if settings.layers is None else list(settings.layers),
         keep_schedule=None if settings.keep_schedule is None else list(settings.keep_schedule),
