@@ -14,11 +14,11 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     """Add `lvpeft demo` to the CLI."""
     parser = subparsers.add_parser(
         "demo",
-        help="train, evaluate and picture an LVPruning adapter on the shipped tiny LLaVA (CPU, ~4 min)",
+        help="train, evaluate and picture an LVPruning adapter on a shipped tiny LLaVA (CPU, ~6 min)",
     )
     parser.add_argument("--out", default="lvpeft-demo", help="output folder (default: ./lvpeft-demo)")
     parser.add_argument(
-        "--quick", action="store_true", help="a shorter run (~1 min): fewer steps and questions"
+        "--quick", action="store_true", help="a shorter run (~2 min): fewer steps and questions"
     )
     parser.add_argument(
         "--base",

@@ -1,4 +1,4 @@
-"""The demo's settings: `DemoSettings`, the full run (`DEFAULT_SETTINGS`, about ten minutes on a CPU) and
+"""The demo's settings: `DemoSettings`, the full run (`DEFAULT_SETTINGS`, about 6 minutes on 2 CPU cores) and
 `lvpeft demo --quick` (`QUICK_SETTINGS`). Why each value is what it is: docs/demo-findings.md."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class DemoSettings:
 
 
 DEFAULT_SETTINGS = DemoSettings()
-"""`lvpeft demo`: about 4 minutes on two CPU cores."""
+"""`lvpeft demo`: about 6 minutes on two CPU cores (image-first base)."""
 QUICK_SETTINGS = replace(
     DEFAULT_SETTINGS,
     train_steps=60,
@@ -78,7 +78,7 @@ QUICK_SETTINGS = replace(
     timing_repeats=5,
     reload_examples=20,
 )
-"""`lvpeft demo --quick`: about 1 minute on two CPU cores."""
+"""`lvpeft demo --quick`: about 2 minutes on two CPU cores (image-first base)."""
 
 DEFAULT_BASE: str = "image-first"
 """The shipped base `lvpeft demo` runs on: LLaVA-1.5's token order, where which vision tokens survive
