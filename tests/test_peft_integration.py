@@ -114,6 +114,7 @@ def test_model_card(tmp_path: Path) -> None:
     assert "| 1 | 1 | 0.65 |" in card and "| 3 | 3 | 0.25 |" in card
     assert "FLOPs" in card and "fewer FLOPs" in card
     assert "lvpeft.from_pretrained" in card
+    assert "the `lvpeft` recipe: exactly the inference budget" in card and "teacher ranking (1)" in card
 
 
 def test_push_to_hub_uploads_adapter_and_card_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,7 @@ class CardFacts:
         keep: final keep ratio; layers / schedule: module positions and keep ratios.
         pruner_dim, pruner_heads, pruner_blocks, pruner_ffn_mult: the decision module (`pruner_dim`
             resolved to an integer when the base's width is known).
-        gumbel_temperature, ratio_loss_weight: training settings.
+        training: one sentence on how the modules were trained (recipe, decisions, loss terms).
         hidden_size: the base language model's width (None if unknown).
         model_config: the base model's config, for the FLOPs section (None if unknown).
     """
@@ -47,8 +47,7 @@ class CardFacts:
     pruner_heads: int
     pruner_blocks: int
     pruner_ffn_mult: int
-    gumbel_temperature: float
-    ratio_loss_weight: float
+    training: str
     hidden_size: int | None
     model_config: Any = None
 
@@ -72,8 +71,7 @@ def render_card_body(config: CardFacts, adapter_id: str | None = None) -> str:
         "heads": config.pruner_heads,
         "dim": dim,
         "ffn_mult": config.pruner_ffn_mult,
-        "temperature": f"{config.gumbel_temperature:g}",
-        "ratio_loss_weight": f"{config.ratio_loss_weight:g}",
+        "training": config.training,
     }
     return template.format(**values)
 

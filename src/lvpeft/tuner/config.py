@@ -227,10 +227,28 @@ class LVPruningConfig(PeftConfig):
             pruner_heads=self.pruner_heads,
             pruner_blocks=self.pruner_blocks,
             pruner_ffn_mult=self.pruner_ffn_mult,
-            gumbel_temperature=self.gumbel_temperature,
-            ratio_loss_weight=self.ratio_loss_weight,
+            training=self.training_summary(),
             hidden_size=self.base_text_hidden_size,
             model_config=getattr(self, "_base_model_config", None),
+        )
+
+    def training_summary(self) -> str:
+        """One sentence on how the modules are trained: the recipe, the decisions, the loss terms."""
+        if self.training_decisions == "top_k":
+            decisions = "exactly the inference budget per module (Gumbel-top-k, straight-through)"
+        else:
+            decisions = f"a hard Gumbel-Softmax decision per token (temperature {self.gumbel_temperature:g})"
+        terms = [f"LM (weight {self.lm_loss_weight:g})", f"keep ratio ({self.ratio_loss_weight:g})"]
+        extra = {
+            "teacher ranking": self.teacher_rank_weight,
+            "distillation": self.distill_weight,
+            "last-module attention ranking": self.attention_distill_weight,
+        }
+        terms += [f"{name} ({weight:g})" for name, weight in extra.items() if weight]
+        answer = "hidden from" if self.hide_answer_from_modules else "visible to"
+        return (
+            f"the `{self.recipe}` recipe: {decisions}; losses {', '.join(terms)}; "
+            f"the trained answer {answer} the modules"
         )
 
     def estimate_flops(self, model_config: Any, text_tokens: int = 30) -> FlopsReport:
