@@ -261,14 +261,15 @@ class TokenPruner:
         context = ScoringContext(hidden, candidates, language, ctx.valid, ctx.positions, keep, layer, rope)
         with record_function("lvpruning::score"):
             logits = plan.scorers[stage](context)  # (B, L, 2)
+        scores = logits[..., 0] - logits[..., 1]  # (B, L) keep scores
         has_vision = ctx.num_vision > 0
         if plan.training:
+            alive = candidates & (ctx.soft_keep.detach() > 0.5)  # not dropped by an earlier module
             if plan.attention_distill and stage == len(plan.ratios) - 1:
-                ctx.attention_loss = _attention_loss(context, logits, ctx.soft_keep.detach() > 0.5)
-            alive = candidates & (ctx.soft_keep.detach() > 0.5)
-            ctx.module_scores.append((logits[..., 0] - logits[..., 1], alive))
+                ctx.attention_loss = _attention_loss(context, scores, alive)
+            ctx.module_scores.append((scores, alive))
             if plan.exact_budget:  # (B, L) hard, straight-through
-                decision = gumbel_top_k(ctx.module_scores[-1][0], alive, keep, plan.temperature)
+                decision = gumbel_top_k(scores, alive, keep, plan.temperature)
             else:
                 decision = gumbel_keep(logits, plan.temperature) * candidates
             ctx.soft_keep = ctx.soft_keep * decision
@@ -277,7 +278,6 @@ class TokenPruner:
             ctx.stage_keys[stage] = StageKeys(ctx.positions, ctx.valid)
             return hidden
         with record_function("lvpruning::select"):
-            scores = logits[..., 0] - logits[..., 1]
             kept = select_top_k(scores, candidates, keep)  # (B, L)
         ctx.keep_ratios.append(_mean_ratio(kept.sum(1), ctx.num_vision, has_vision))
         if plan.mode is PruneMode.MASK:
@@ -361,19 +361,19 @@ def _cache_argument(kwargs: dict) -> Any:
     return cache if cache is not None else kwargs.get("past_key_values")
 
 
-def _attention_loss(context: ScoringContext, logits: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+def _attention_loss(context: ScoringContext, scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
     """The last module's listwise loss against the attention its layer's last prompt token pays.
 
     The query is each row's last language token the modules see (the last prompt token when the
     answer is hidden); it attends to the language tokens and the vision tokens still kept (`alive`,
-    (B, L) bool, the forward values of the earlier decisions), with no gradient.
+    (B, L) bool, the candidates the earlier decisions kept), with no gradient. `scores`: (B, L) keep
+    scores of the module.
     """
-    candidates = context.candidates & alive
-    slots = torch.arange(candidates.shape[1], device=candidates.device)
+    slots = torch.arange(alive.shape[1], device=alive.device)
     query = torch.where(context.language, slots, -1).amax(dim=1).clamp(min=0)  # (B,)
     with torch.no_grad():
-        attention = query_attention(context, query, candidates | context.language)  # (B, L)
-    return attention_rank_loss(logits[..., 0] - logits[..., 1], attention, candidates)
+        attention = query_attention(context, query, alive | context.language)  # (B, L)
+    return attention_rank_loss(scores, attention, alive)
 
 
 def _mean_ratio(kept: torch.Tensor, num_vision: torch.Tensor, has_vision: torch.Tensor) -> float:

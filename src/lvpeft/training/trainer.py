@@ -138,7 +138,7 @@ class LVPruningTrainer(SFTTrainer):
         readers = torch.zeros_like(labels, dtype=torch.bool)
         readers[:, :-1] = labels[:, 1:] != -100  # the positions that predict a label
         valid = inputs.get("attention_mask", torch.ones_like(labels)).bool()
-        first = min(self._lvpruning.active_config.layers or [len(parts.layers)])
+        first = self._lvpruning.active_config.layers[0]  # resolved, strictly increasing
         recording = (
             recording_importance(parts.layers, first, readers, valid) if with_importance else nullcontext({})
         )
