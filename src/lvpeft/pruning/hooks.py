@@ -123,7 +123,8 @@ class TokenPruner:
         vision = self._vision_mask(module, args, kwargs)
         if vision is None:
             return
-        if not _has_image_inputs(kwargs):
+        has_images = _has_image_inputs(kwargs)  # host-side: decode steps bring no images, and read no tensor
+        if not has_images:
             # an image-placeholder id without image features (e.g. one the model generated) is a plain token
             vision = torch.zeros_like(vision)
         cache = _cache_argument(kwargs)
@@ -166,14 +167,14 @@ class TokenPruner:
             )
             return
         if state is None:
-            if bool(vision.any()):
+            if has_images and bool(vision.any()):
                 warnings.warn(
                     "LVPruning: image tokens arrived after a prefix that was cached without pruning (a "
                     "prompt cache, or a prefill with the adapter disabled); they are not pruned.",
                     stacklevel=2,
                 )
             return
-        if bool(vision.any()):
+        if has_images and bool(vision.any()):
             raise NotImplementedError(
                 "LVPruning prunes image tokens at prefill; this forward adds image tokens to a cache that "
                 "was already pruned. Start a new generate() call (a fresh cache) for a new image."
@@ -199,6 +200,7 @@ class TokenPruner:
             cache=cache,
             decode=True,
             stage_keys=dict(enumerate(state.stages)),
+            span=state.length,
         )
 
     def _layer_hook(self, index: int) -> Callable:
@@ -306,7 +308,9 @@ class TokenPruner:
             return ctx.stage_kwargs[key]
         keys = ctx.stage_keys[stage]
         out: dict[str, Any] = {}
-        out["attention_mask"] = stage_attention_mask(ctx, keys, window, self.parts.attn_implementation, dtype)
+        out["attention_mask"] = stage_attention_mask(
+            ctx, keys, window, self.parts.attn_implementation, dtype, kwargs.get("attention_mask") is None
+        )
         if not ctx.decode and ctx.removed:
             index = ctx.positions.clamp(min=0)
             if kwargs.get("position_embeddings") is not None:

@@ -18,7 +18,12 @@ MASK_EPS = 1e-6
 
 
 def stage_attention_mask(
-    ctx: ForwardContext, keys: StageKeys, window: int | None, impl: str, dtype: torch.dtype
+    ctx: ForwardContext,
+    keys: StageKeys,
+    window: int | None,
+    impl: str,
+    dtype: torch.dtype,
+    unpadded: bool = False,
 ) -> torch.Tensor | None:
     """The 4D attention mask (B, 1, Q, K) of a pruned stage, in the form the attention expects.
 
@@ -26,17 +31,23 @@ def stage_attention_mask(
     within the sliding window if the layer has one; at prefill every slot may also attend to
     itself (the paper's M_ii = 1, which also keeps padding rows finite). Returns None when plain
     causal attention over the key slots is already exact (nothing masked).
+
+    A decode step reads no tensor on the host (no device synchronisation per token): what it knows
+    of the key slots is host-side, `keys.prompt_valid` and `unpadded` (the decoder passed its layers
+    no mask, so its 2D attention mask, the new tokens included, is all ones).
     """
-    top = int(keys.positions.max())
-    if window is not None and top >= window:
-        raise NotImplementedError(
-            f"LVPruning does not support sliding-window attention over sequences longer than the window "
-            f"({window}); this input reaches position {top}."
-        )
-    if ctx.soft_keep is None and window is None and bool(keys.valid.all()):
-        if ctx.decode and ctx.positions.shape[1] == 1:
-            return None  # one new token attends to every cached slot
-        if not ctx.decode and impl == "sdpa" and ctx.removed:
+    if window is not None:
+        top = ctx.span - 1 if ctx.decode else int(keys.positions.max())
+        if top >= window:
+            raise NotImplementedError(
+                f"LVPruning does not support sliding-window attention over sequences longer than the window "
+                f"({window}); this input reaches position {top}."
+            )
+    if ctx.soft_keep is None and window is None:
+        if ctx.decode:
+            if ctx.positions.shape[1] == 1 and keys.prompt_valid and unpadded:
+                return None  # one new token attends to every cached slot
+        elif impl == "sdpa" and ctx.removed and bool(keys.valid.all()):
             return None  # compacted, nothing padded: is_causal over slots == causal over positions
     q = ctx.positions[:, :, None]  # (B, Q, 1)
     k = keys.positions[:, None, :]  # (B, 1, K)

@@ -33,6 +33,7 @@ class StageKeys:
 
     positions: torch.Tensor
     valid: torch.Tensor
+    prompt_valid: bool = False  # host-side: every prompt slot is valid (set once per prefill, read by decode)
 
     def append(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
         """Add the q new tokens of a decode step: positions, valid (B, q)."""
@@ -89,11 +90,14 @@ class ForwardContext:
     stage_kwargs: dict[tuple[int, int | None], dict[str, Any]] = field(default_factory=dict)
     removed: bool = False
     keep_ratios: list[float] = field(default_factory=list)
+    span: int = 0  # decode: original positions so far, this step's included (host-side: no tensor read)
 
 
 def attach_state(ctx: ForwardContext) -> None:
     """Store what a pruned prefill decided on its KV cache, for the decode steps that follow."""
     cache = ctx.cache
+    for keys in ctx.stage_keys.values():  # read here, once per prefill, so that decode steps read no tensor
+        keys.prompt_valid = bool(keys.valid.all())
     state = CacheState(
         stages=[ctx.stage_keys[s] for s in sorted(ctx.stage_keys)],
         length=ctx.input_length,
