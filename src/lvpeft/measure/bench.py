@@ -1,7 +1,8 @@
 """`lvpeft bench`: measured cost of pruning, base vs pruned, in one process on the same inputs.
 
 For a LLaVA model (by default one built from a config with LLaVA-1.5's token counts: 576 vision
-tokens per image, at a width and depth a CPU runs in about a minute) and one LVPruning adapter
+tokens per image, at a width and depth a CPU runs in about a minute; `--preset llava-1.5-7b`: that
+architecture with random weights, for a GPU, see benchmarks/gpu.sh) and one LVPruning adapter
 (random decision modules: speed does not depend on their values), it measures
 
 - prefill latency: one forward over the prompt with a fresh KV cache, `logits_to_keep=1`, as
@@ -11,13 +12,15 @@ tokens per image, at a width and depth a CPU runs in about a minute) and one LVP
 - decode throughput: tokens per second of greedy steps that follow the prefill;
 - end-to-end latency of `generate(max_new_tokens=--new-tokens)`;
 - KV-cache bytes after prefill (exact: the sum of the cache tensors);
-- peak memory: `torch.cuda.max_memory_allocated` on a GPU; on a CPU the peak resident memory of a
-  fresh subprocess per variant (`--memory`, off by default because it reloads the model);
+- peak memory of a prefill: `torch.cuda.max_memory_allocated` on a GPU (None on a CPU; `--serve`
+  reports the peak tensor memory of `generate()` on either);
 - the analytic FLOPs of the same run (`lvpeft.tuner.flops`), so that `prefill_speedup` can be read against
   `flops_speedup`;
-- optionally the training-free baselines (`--baselines`) at the same positions and budget;
+- optionally the training-free baselines (`--baselines`, all or those named) at the same positions and budget;
 - optionally (`--breakdown`) the milliseconds of each step of one prefill per variant: vision
-  tower, projector, decoder layers, LM head and each of lvpeft's own steps (`lvpeft.measure.breakdown`).
+  tower, projector, decoder layers, LM head and each of lvpeft's own steps (`lvpeft.measure.breakdown`);
+- optionally (`--serve`) serving-shaped throughput: a batch of N prompts of mixed lengths generating M
+  tokens each: tokens/s, time to first token, KV-cache bytes and peak memory (`lvpeft.measure.serve`).
 
 The timing primitives are in `timing.py`, the default model in `bench_models.py`.
 Reported as ratios against the base model measured in the same process, with the machine named.
@@ -29,7 +32,7 @@ import argparse
 import contextlib
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,8 +41,9 @@ import torch
 from ..pruning.scorers import BASELINES
 from ..tuner.config import LVPruningConfig
 from ..tuner.model import get_lvpruning_model, lvpruning_tuner
-from .bench_models import build_default_model, make_inputs
+from .bench_models import PRESETS, build_default_model, build_preset, make_inputs
 from .breakdown import StepCosts, format_breakdown, profile_prefill
+from .serve import ServeReport, ServeSetting, format_serve, run_serve
 from .timing import (
     cache_bytes,
     decode_rate,
@@ -80,6 +84,7 @@ class BenchReport:
     generate_speedup: float
     notes: list[str] = field(default_factory=list)
     breakdown: list[StepCosts] = field(default_factory=list)
+    serve: ServeReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -97,10 +102,13 @@ def run_bench(
     new_tokens: int = 16,
     warmup: int = 3,
     repeats: int = 15,
-    baselines: bool = False,
+    baselines: bool | Sequence[str] = False,
     breakdown: bool = False,
+    serve: ServeSetting | None = None,
 ) -> BenchReport:
-    """Measure base vs pruned (and baselines) on `model` (see the module docstring)."""
+    """Measure base vs pruned (and baselines) on `model` (see the module docstring); with `serve`,
+    also the serving-shaped `generate()` of `lvpeft.measure.serve`. `baselines`: True for every
+    training-free scorer of `BASELINES`, or the names of some (e.g. `["fastv"]`)."""
     device = next(model.parameters()).device
     peft_model = get_lvpruning_model(model, LVPruningConfig(keep=keep, layers=layers, pruner_dim=pruner_dim))
     peft_model.eval()
@@ -113,9 +121,9 @@ def run_bench(
         return peft_model.disable_adapter()
 
     variants: dict[str, Callable[[], Any]] = {"base": as_base, "lvpruning": contextlib.nullcontext}
-    if baselines:
-        for name, cls in BASELINES.items():
-            variants[name] = lambda cls=cls: tuner.use_scorers([cls() for _ in range(modules)])
+    for name in _baseline_names(baselines):
+        cls = BASELINES[name]
+        variants[name] = lambda cls=cls: tuner.use_scorers([cls() for _ in range(modules)])
 
     prefill_times = interleaved_times(variants, lambda: prefill(peft_model, inputs), repeats, warmup, device)
     results, costs = [], []
@@ -149,6 +157,7 @@ def run_bench(
                 peak_memory_mb=peak,
             )
         )
+    serve_report = run_serve(peft_model, variants, serve) if serve is not None else None
     flops = config.estimate_flops(model.config, text_tokens)
     peft_model.unload()
     base, pruned = results[0], results[1]
@@ -190,6 +199,7 @@ def run_bench(
             "FLOPs cover the vision tower, projector, decoder, LM head and decision modules (lvpeft flops)",
         ],
         breakdown=costs,
+        serve=serve_report,
     )
 
 
@@ -215,6 +225,8 @@ def format_report(report: BenchReport) -> str:
     if report.breakdown:
         lines += ["", "per-step cost of one prefill (torch.profiler; lvpeft bench --breakdown):"]
         lines.append(format_breakdown(report.breakdown))
+    if report.serve is not None:
+        lines += ["", format_serve(report.serve)]
     return "\n".join(lines)
 
 
@@ -247,10 +259,41 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--baselines", action="store_true", help="also time the training-free scorers")
+    parser.add_argument(
+        "--baselines",
+        nargs="?",
+        const=",".join(BASELINES),
+        default="",
+        metavar="NAMES",
+        help=f"also time the training-free scorers: all, or those named ({','.join(BASELINES)})",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="instead of --model: an architecture built with random weights, directly on --device in --dtype",
+    )
     parser.add_argument(
         "--breakdown", action="store_true", help="also profile one prefill per variant: ms per step"
     )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="also measure serving: one batch of prompts of mixed lengths, each generating a fixed number "
+        "of tokens: tokens/s, time to first token, KV cache, peak memory",
+    )
+    parser.add_argument("--serve-prompts", type=int, default=16, help="--serve: prompts in the batch (N)")
+    parser.add_argument(
+        "--serve-new-tokens", type=int, default=64, help="--serve: tokens generated per prompt (M)"
+    )
+    parser.add_argument(
+        "--serve-text-tokens",
+        type=_int_pair,
+        default=(20, 120),
+        metavar="LEAST,MOST",
+        help="--serve: the prompts' text lengths, spread evenly over this range (default 20,120)",
+    )
+    parser.add_argument("--serve-repeats", type=int, default=5, help="--serve: timed rounds")
+    parser.add_argument("--serve-warmup", type=int, default=1, help="--serve: untimed rounds first")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=bench_command)
     return parser
@@ -265,8 +308,40 @@ def _pruner_dim(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected 'paper' or an integer width, got {text!r}") from None
 
 
+def _baseline_names(baselines: bool | Sequence[str]) -> list[str]:
+    """`run_bench`'s `baselines` as names of `BASELINES` (True: all of them), checked."""
+    if isinstance(baselines, bool):
+        return list(BASELINES) if baselines else []
+    unknown = [name for name in baselines if name not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline scorer(s) {unknown}; expected names among {list(BASELINES)}.")
+    return list(baselines)
+
+
+def _int_pair(text: str) -> tuple[int, int]:
+    try:
+        least, most = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two integers LEAST,MOST, got {text!r}") from None
+    return least, most
+
+
 def bench_command(args: argparse.Namespace) -> int:
     """Handler of `lvpeft bench`."""
+    serve = (
+        ServeSetting(
+            prompts=args.serve_prompts,
+            new_tokens=args.serve_new_tokens,
+            text_tokens=args.serve_text_tokens,
+            repeats=args.serve_repeats,
+            warmup=args.serve_warmup,
+        )
+        if args.serve
+        else None
+    )  # checked before a model is loaded
+    baselines = _baseline_names([name for name in args.baselines.split(",") if name])
+    if args.model and args.preset:
+        raise ValueError("give --model or --preset, not both.")
     dtype = getattr(torch, args.dtype)
     if args.model:
         from transformers import AutoModelForImageTextToText
@@ -274,6 +349,8 @@ def bench_command(args: argparse.Namespace) -> int:
         model = AutoModelForImageTextToText.from_pretrained(
             args.model, dtype=dtype, attn_implementation=args.attn, use_safetensors=True
         ).eval()
+    elif args.preset:
+        model = build_preset(args.preset, args.attn, dtype, args.device)
     else:
         model = build_default_model(args.attn, dtype)
     model = model.to(args.device)
@@ -287,8 +364,9 @@ def bench_command(args: argparse.Namespace) -> int:
         new_tokens=args.new_tokens,
         warmup=args.warmup,
         repeats=args.repeats,
-        baselines=args.baselines,
+        baselines=baselines,
         breakdown=args.breakdown,
+        serve=serve,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0

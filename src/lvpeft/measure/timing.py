@@ -1,5 +1,6 @@
 """Timing primitives shared by `lvpeft bench` and the demo: interleaved rounds, paired speed-ups,
-a `generate()`-style prefill, decode throughput and KV-cache size. Shapes: B batch, L prompt length."""
+a `generate()`-style prefill, decode throughput, KV-cache size and peak tensor memory.
+Shapes: B batch, L prompt length."""
 
 from __future__ import annotations
 
@@ -102,6 +103,43 @@ def decode_rate(model: Any, inputs: dict[str, torch.Tensor], steps: int, device:
             token = out.logits[:, -1:].argmax(-1)
     sync(device)
     return steps * token.shape[0] / (time.perf_counter() - start)
+
+
+def peak_memory(run: Callable[[], Any], device: torch.device) -> tuple[float | None, float | None]:
+    """Peak tensor memory of one call of `run`, in MiB: (above what was live when it started, total).
+
+    On a GPU both come from the caching allocator's counters (`torch.cuda.max_memory_allocated`,
+    less `memory_allocated` before the call for the first). On a CPU, where torch keeps no such
+    counter, the first is read from `torch.profiler`'s memory events (every allocation and free of
+    torch's CPU allocator, summed in time order) and the total is None: the weights and other tensors
+    that were live before the call are not seen. Neither counts allocator caching, oneDNN scratch
+    buffers or the Python heap. The profiler slows `run` down; time it separately.
+    """
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return (peak - before) / 2**20, peak / 2**20
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    results = getattr(prof.profiler, "kineto_results", None)
+    if results is None:  # a torch without the profiler's raw events: no honest CPU figure
+        return None, None
+    events = sorted(
+        (e for e in results.events() if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
+        key=lambda e: e.start_ns(),
+    )
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak / 2**20, None
 
 
 def describe_machine(device: torch.device) -> str:
