@@ -49,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keeps", default="0.05,0.1,0.2,0.3,0.5")
     p.add_argument("--baselines", action="store_true", help="unpruned + training-free scorers, no training")
     p.add_argument("--name", default="")
+    p.add_argument("--save", help="also save the trained adapter to this folder")
     p.add_argument("--out", required=True, help="JSONL file the result line is appended to")
     return p.parse_args()
 
@@ -98,6 +99,8 @@ def main() -> None:
             logs = [e for e in trainer.state.log_history if "lm_loss" in e]
             row["grad_norms"] = [round(e.get("grad_norm", 0.0), 2) for e in logs]
             row["last_log"] = logs[-1] if logs else {}
+            if args.save:
+                model.save_pretrained(args.save)
             for keep in keeps:
                 with keep_ratio(model, keep):
                     row[f"lvp@{keep:g}"] = evaluate(model, processor, questions).accuracy
