@@ -19,6 +19,7 @@ import ast
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from lvpeft.demo.settings import DEFAULT_SETTINGS, SCORERS
 from lvpeft.demo.tiny_model import load_base
 from lvpeft.demo.training import prepare_data, train_adapter
 from lvpeft.tuner.config import LVPruningConfig
-from lvpeft.tuner.model import get_lvpruning_model
+from lvpeft.tuner.model import get_lvpruning_model, lvpruning_tuner
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,6 +51,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--baselines", action="store_true", help="unpruned + training-free scorers, no training")
     p.add_argument("--name", default="")
     p.add_argument("--save", help="also save the trained adapter to this folder")
+    p.add_argument(
+        "--merge",
+        choices=["config", "both"],
+        default="config",
+        help="both: measure every variant with merge_dropped off and on (keys name@keep, "
+        "name+merge@keep); config: as the config says",
+    )
     p.add_argument("--out", required=True, help="JSONL file the result line is appended to")
     return p.parse_args()
 
@@ -63,6 +71,21 @@ def config_changes(pairs: list[str]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             changes[key] = value
     return changes
+
+
+def merge_settings(model: torch.nn.Module, mode: str) -> Iterator[str]:
+    """Yield the row-key suffix of each `merge_dropped` setting to measure, with it applied."""
+    config = lvpruning_tuner(model).active_config
+    if mode == "config":
+        yield ""
+        return
+    saved = config.merge_dropped
+    try:
+        for on, suffix in ((False, ""), (True, "+merge")):
+            config.merge_dropped = on
+            yield suffix
+    finally:
+        config.merge_dropped = saved
 
 
 def main() -> None:
@@ -90,7 +113,9 @@ def main() -> None:
                 with keep_ratio(model, keep):
                     for name in SCORERS:
                         with variants[name]():
-                            row[f"{name}@{keep:g}"] = evaluate(model, processor, questions).accuracy
+                            for suffix in merge_settings(model, args.merge):
+                                result = evaluate(model, processor, questions)
+                                row[f"{name}{suffix}@{keep:g}"] = result.accuracy
         else:
             data = prepare_data(Path(tmp), settings, processor)
             model, trainer = train_adapter(
@@ -103,7 +128,8 @@ def main() -> None:
                 model.save_pretrained(args.save)
             for keep in keeps:
                 with keep_ratio(model, keep):
-                    row[f"lvp@{keep:g}"] = evaluate(model, processor, questions).accuracy
+                    for suffix in merge_settings(model, args.merge):
+                        row[f"lvp{suffix}@{keep:g}"] = evaluate(model, processor, questions).accuracy
     row["seconds"] = round(time.time() - start)
     print(json.dumps(row), flush=True)
     with open(args.out, "a") as f:

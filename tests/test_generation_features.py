@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -63,6 +64,17 @@ def build(attn: str = "eager", keep: float = 0.25, dtype: torch.dtype = torch.fl
     model = get_lvpruning_model(tiny_llava("llama", attn, dtype=dtype), LVPruningConfig(keep=keep))
     randomize_heads(model)
     return model.eval()
+
+
+@contextlib.contextmanager
+def without_merging(model) -> Iterator[None]:
+    """Within the block, `model` drops the tokens its modules drop instead of merging them."""
+    config = lvpruning_tuner(model).active_config
+    saved, config.merge_dropped = config.merge_dropped, False
+    try:
+        yield
+    finally:
+        config.merge_dropped = saved
 
 
 @functools.cache
@@ -326,7 +338,6 @@ def test_bfloat16_matches_masked_reference(attn: str) -> None:
         removed = model.generate(**x, **GREEDY, **kwargs)
         with masked(model):
             reference = model.generate(**x, **GREEDY, **kwargs)
-        full_precision = pruned(attn)(**inputs()).logits[:, -1]
     assert removed.past_key_values.layers[-1].keys.dtype == torch.bfloat16
     # bf16 rounding differs between the two paths (sdpa), so tokens may part at a near-tie only
     split = first_divergence(removed.sequences[:, length:], reference.sequences[:, length:])
@@ -337,7 +348,13 @@ def test_bfloat16_matches_masked_reference(attn: str) -> None:
         assert float((top2[:, 0] - top2[:, 1]).min()) < 1e-2, f"tokens parted at step {split} without a tie"
     if attn == "eager":
         assert split is None
-    torch.testing.assert_close(removed.logits[0].float(), full_precision, atol=2e-2, rtol=0)
+    # merging hands each dropped token to its most similar kept token, a discrete choice that bf16
+    # rounding flips on this random model's near-identical vision tokens: the precision check compares
+    # bf16 with float32 without merging (every other step is the same)
+    with torch.no_grad(), without_merging(model), without_merging(pruned(attn)):
+        half = model(**x).logits[:, -1].float()
+        full_precision = pruned(attn)(**inputs()).logits[:, -1]
+    torch.testing.assert_close(half, full_precision, atol=2e-2, rtol=0)
     assert cache_lengths(removed.past_key_values) == expected_lengths(PROMPTS, 8)
 
 

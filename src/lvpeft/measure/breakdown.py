@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 MODEL_STEPS: tuple[str, ...] = ("vision tower", "projector", "decoder layers", "lm head")
 """Parts of the base model, each labelled by module hooks."""
-PRUNING_STEPS: tuple[str, ...] = ("setup", "score", "select", "repack", "layer_inputs", "restore")
+PRUNING_STEPS: tuple[str, ...] = ("setup", "score", "select", "merge", "repack", "layer_inputs", "restore")
 """lvpeft's own steps (`lvpruning::<step>` labels in `lvpeft.pruning.hooks`)."""
 
 

@@ -4,11 +4,12 @@
 `PruningPlan` (where the modules sit, how many tokens each keeps, who scores them):
 
 - the backbone pre-hook finds the vision tokens of the input and opens a `ForwardContext`;
-- the pre-hook of decoder layer `p_s` asks the plan's scorer for keep/drop logits and applies
-  the decision: in eval mode by **removal** (the kept tokens are gathered into a shorter,
-  left-padded sequence; their RoPE embeddings and position ids are gathered too, so every kept
-  token keeps its ORIGINAL position) or, as a reference, by **masking**; in training mode by the
-  paper's masked softmax with hard Gumbel-Softmax decisions (shapes unchanged);
+- the pre-hook of decoder layer `p_s` asks the plan's scorer for keep/drop logits, merges the
+  dropped vision tokens into the kept ones if the plan says so (`mass.py`), and applies the
+  decision: in eval mode by **removal** (the kept tokens are gathered into a shorter, left-padded
+  sequence; their RoPE embeddings and position ids are gathered too, so every kept token keeps its
+  ORIGINAL position) or, as a reference, by **masking**; in training mode by the paper's masked
+  softmax with hard Gumbel-Softmax decisions (shapes unchanged);
 - the pre-hook of every later layer swaps in that stage's attention mask and positions (the
   decoder computes them once for the full sequence and passes the same objects to every layer);
 - the language model's forward hook scatters the shortened output back to the input's length
@@ -20,8 +21,8 @@ kept positions (`masks.py`); layer 0 is never pruned, so the cache's `get_seq_le
 layer 0) and hence the decode positions stay right.
 
 Every step runs under a `torch.profiler.record_function` label (`lvpruning::setup`, `::score`,
-`::select`, `::repack`, `::layer_inputs`, `::restore`), so it shows by name in profiler traces and in
-`lvpeft bench --breakdown` (`lvpeft.measure.breakdown`).
+`::select`, `::merge`, `::repack`, `::layer_inputs`, `::restore`), so it shows by name in profiler
+traces and in `lvpeft bench --breakdown` (`lvpeft.measure.breakdown`).
 
 Shapes: B batch, L slots, d hidden size, q new tokens at a decode step, K key slots.
 """
@@ -47,6 +48,7 @@ from .decisions import (
     select_top_k,
 )
 from .masks import stage_attention_mask
+from .mass import mass_bias, merge_dropped
 from .plan import PruneMode, PruningPlan, PruningStats
 from .scorers.base_scorer import ScoringContext, query_attention
 from .state import STATE_ATTR, CacheState, ForwardContext, StageKeys, attach_state
@@ -277,24 +279,35 @@ class TokenPruner:
             ctx.soft_keep = ctx.soft_keep * decision
             ctx.decisions.append(ctx.soft_keep)
             ctx.keep_ratios.append(_mean_ratio(ctx.soft_keep.detach().sum(1), ctx.num_vision, has_vision))
-            ctx.stage_keys[stage] = StageKeys(ctx.positions, ctx.valid)
+            if plan.merge_dropped and plan.ratios[stage] < 1.0:
+                kept_now = alive & (decision.detach() > 0.5)  # the hard decisions, as at inference
+                with record_function("lvpruning::merge"):
+                    mass = ctx.mass if ctx.mass is not None else ctx.valid.float()
+                    ctx.mass, hidden = merge_dropped(mass, hidden, alive & ~kept_now, kept_now)
+            ctx.stage_keys[stage] = StageKeys(ctx.positions, ctx.valid, _bias(ctx.mass))
             return hidden
         with record_function("lvpruning::select"):
             kept = select_top_k(scores, candidates, keep)  # (B, L)
         ctx.keep_ratios.append(_mean_ratio(kept.sum(1), ctx.num_vision, has_vision))
+        if plan.merge_dropped and plan.ratios[stage] < 1.0:
+            with record_function("lvpruning::merge"):
+                mass = ctx.mass if ctx.mass is not None else ctx.valid.float()
+                ctx.mass, hidden = merge_dropped(mass, hidden, candidates & ~kept, kept)  # (B, L), (B, L, d)
         if plan.mode is PruneMode.MASK:
             ctx.alive = kept
-            ctx.stage_keys[stage] = StageKeys(ctx.positions, text | kept)
+            ctx.stage_keys[stage] = StageKeys(ctx.positions, text | kept, _bias(ctx.mass))
             return hidden
         with record_function("lvpruning::repack"):
             index, valid = pack(text | kept)  # (B, L') left-padded
             hidden = gather_slots(hidden, index)
             ctx.positions = torch.where(valid, gather_slots(ctx.positions, index), -1)
             ctx.is_vision = gather_slots(ctx.is_vision, index) & valid
+            if ctx.mass is not None:
+                ctx.mass = gather_slots(ctx.mass, index) * valid
         ctx.alive = ctx.is_vision
         ctx.valid = valid
         ctx.removed = True
-        ctx.stage_keys[stage] = StageKeys(ctx.positions, valid)
+        ctx.stage_keys[stage] = StageKeys(ctx.positions, valid, _bias(ctx.mass))
         return hidden
 
     # -- per-stage layer arguments ----------------------------------------------------------------
@@ -378,6 +391,10 @@ def _attention_loss(context: ScoringContext, scores: torch.Tensor, alive: torch.
     with torch.no_grad():
         attention = query_attention(context, query, alive | context.language)  # (B, L)
     return attention_rank_loss(scores, attention, alive)
+
+
+def _bias(mass: torch.Tensor | None) -> torch.Tensor | None:
+    return None if mass is None else mass_bias(mass)
 
 
 def _mean_ratio(kept: torch.Tensor, num_vision: torch.Tensor, has_vision: torch.Tensor) -> float:

@@ -32,6 +32,9 @@ class PruningPlan:
         attention_distill: training: compute `PruningStats.attention_loss` at the last module.
         exact_budget: training: keep exactly each module's budget (`decisions.gumbel_top_k`) instead
             of independent per-token Gumbel-Softmax decisions.
+        merge_dropped: every vision token a module drops is merged into its most similar kept vision
+            token (mass-weighted mean of hidden states; later layers weight each key's attention by its
+            mass; `mass.py`).
     """
 
     positions: list[int]
@@ -42,6 +45,7 @@ class PruningPlan:
     temperature: float = 1.0
     attention_distill: bool = False
     exact_budget: bool = False
+    merge_dropped: bool = False
 
     def stage_of(self, layer: int) -> int:
         """Index of the last module at or before decoder layer `layer` (-1 if none)."""

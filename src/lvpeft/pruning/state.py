@@ -29,21 +29,34 @@ class StageKeys:
     Attributes:
         positions: (B, K) long original position of each key slot (-1 for padding slots).
         valid: (B, K) bool, the slot is a real token that may be attended to.
+        bias: (B, K) float32 additive attention bias log(mass) of each key slot (`mass.py`), or None
+            when the stage uses plain attention (no proportional attention, or nothing dropped yet).
     """
 
     positions: torch.Tensor
     valid: torch.Tensor
+    bias: torch.Tensor | None = None
     prompt_valid: bool = False  # host-side: every prompt slot is valid (set once per prefill, read by decode)
 
     def append(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
-        """Add the q new tokens of a decode step: positions, valid (B, q)."""
+        """Add the q new tokens of a decode step: positions, valid (B, q); new tokens have mass 1."""
         self.positions = torch.cat([self.positions, positions], dim=1)
         self.valid = torch.cat([self.valid, valid], dim=1)
+        if self.bias is not None:
+            self.bias = torch.cat([self.bias, self.bias.new_zeros(positions.shape)], dim=1)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Follow a beam-search reordering of the batch."""
         self.positions = self.positions.index_select(0, index.to(self.positions.device))
         self.valid = self.valid.index_select(0, index.to(self.valid.device))
+        if self.bias is not None:
+            self.bias = self.bias.index_select(0, index.to(self.bias.device))
+
+    def crop(self, count: int) -> None:
+        """Forget the last `count` key slots (decoded tokens)."""
+        self.positions, self.valid = self.positions[:, :-count], self.valid[:, :-count]
+        if self.bias is not None:
+            self.bias = self.bias[:, :-count]
 
 
 @dataclass
@@ -63,7 +76,7 @@ class CacheState:
                 "after a pruned prompt: the pruned prompt cannot be re-grown."
             )
         for keys in self.stages:
-            keys.positions, keys.valid = keys.positions[:, :-count], keys.valid[:, :-count]
+            keys.crop(count)
         self.length -= count
 
 
@@ -90,6 +103,7 @@ class ForwardContext:
     stage_kwargs: dict[tuple[int, int | None], dict[str, Any]] = field(default_factory=dict)
     removed: bool = False
     keep_ratios: list[float] = field(default_factory=list)
+    mass: torch.Tensor | None = None  # eval, proportional attention: (B, L) float32 original tokens per slot
     span: int = 0  # decode: original positions so far, this step's included (host-side: no tensor read)
 
 

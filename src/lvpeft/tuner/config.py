@@ -28,6 +28,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "teacher_rank_weight": 1.0,
         "training_decisions": "top_k",
         "hide_answer_from_modules": True,
+        "merge_dropped": True,
     },
     "paper": {
         "distill_weight": 0.0,
@@ -35,6 +36,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "teacher_rank_weight": 0.0,
         "training_decisions": "gumbel",
         "hide_answer_from_modules": False,
+        "merge_dropped": False,
     },
 }
 """The training recipes `LVPruningConfig.recipe` selects: the value of every recipe-dependent field left
@@ -177,6 +179,17 @@ class LVPruningConfig(PeftConfig):
             "answer included (False). None: the recipe's (lvpeft: True, paper: False)."
         },
     )
+    merge_dropped: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Each vision token a module drops is merged into the kept vision token most "
+            "similar to it (cosine of hidden states): the kept token's state becomes their mass-weighted "
+            "mean and later layers add log(mass) to its attention logit, so the kept tokens still weigh as "
+            "much as what they stand for (token merging, ToMe; not in the paper, which drops them). In "
+            "training too. "
+            "None: the recipe's (lvpeft: True, paper: False)."
+        },
+    )
     base_text_hidden_size: int | None = field(
         default=None,
         metadata={
@@ -206,6 +219,15 @@ class LVPruningConfig(PeftConfig):
                 "version of lvpeft or edited by hand. Remove them, or upgrade lvpeft."
             )
         return super().__new__(cls)
+
+    @classmethod
+    def check_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
+        """PEFT's hook on a loaded `adapter_config.json`: an adapter saved before `merge_dropped` existed
+        was trained and measured dropping tokens, and keeps doing so (not the recipe's new default)."""
+        kwargs = super().check_kwargs(**kwargs)
+        if "merge_dropped" not in kwargs:
+            kwargs["merge_dropped"] = False
+        return kwargs
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
         """Save `adapter_config.json`; when the folder holds a model card (as `PeftModel.save_pretrained`
@@ -246,9 +268,14 @@ class LVPruningConfig(PeftConfig):
         }
         terms += [f"{name} ({weight:g})" for name, weight in extra.items() if weight]
         answer = "hidden from" if self.hide_answer_from_modules else "visible to"
+        dropped = (
+            "merged into the most similar kept token (mass-weighted states, proportional attention)"
+            if self.merge_dropped
+            else "removed"
+        )
         return (
             f"the `{self.recipe}` recipe: {decisions}; losses {', '.join(terms)}; "
-            f"the trained answer {answer} the modules"
+            f"the trained answer {answer} the modules; dropped tokens {dropped}"
         )
 
     def estimate_flops(self, model_config: Any, text_tokens: int = 30) -> FlopsReport:
@@ -275,6 +302,8 @@ class LVPruningConfig(PeftConfig):
         for name, value in RECIPES[self.recipe].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if not isinstance(self.merge_dropped, bool):
+            _fail("merge_dropped", self.merge_dropped, "True or False")
         if self.training_decisions not in ("gumbel", "top_k"):
             _fail("training_decisions", self.training_decisions, "'gumbel' or 'top_k'")
         if not _is_number(self.keep) or not 0.0 < self.keep <= 1.0:

@@ -139,6 +139,7 @@ class LVPruningModel(BaseTuner):
             temperature=config.gumbel_temperature,
             attention_distill=config.attention_distill_weight > 0,
             exact_budget=config.training_decisions == "top_k",
+            merge_dropped=config.merge_dropped,
         )
 
     def _check_checkpointing(self) -> None:

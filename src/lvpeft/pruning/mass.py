@@ -1,0 +1,74 @@
+"""Merging dropped vision tokens into the kept ones: what a dropped token carried is not thrown away.
+
+A language model reads an image partly through how much attention *mass* each kind of content gets:
+how many tokens show a red square, how much of the picture is background. Keeping only a budget of
+the most question-relevant tokens changes those proportions (the kept set is enriched in what the
+scorer liked), and questions that depend on them, counting above all, break. So when a module drops
+vision tokens, each dropped token is merged into the kept vision token most similar to it (cosine of
+their hidden states at the module's layer), as token merging does (ToMe, Bolya et al. 2023):
+
+- the kept token's hidden state becomes the mass-weighted mean of itself and what it absorbed;
+- it carries a *mass* m, the number of original tokens it now stands for, and later layers add log(m)
+  to its attention logit (proportional attention), during the prefill and every decode step, so a
+  token that stands for five attracts the attention five identical copies would.
+
+The learned modules choose which tokens survive (the question-relevant ones, which keep their own
+features); merging decides what happens to the rest. Masses accumulate over modules. With nothing
+dropped every mass is 1 and nothing changes.
+
+Shapes: B batch, L slots, d hidden size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def nearest_kept(hidden: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """(B, L) long: for every slot, the kept slot whose hidden state is most cosine-similar to it.
+
+    Args:
+        hidden: (B, L, d) hidden states.
+        kept: (B, L) bool, the slots that may receive (rows without one get index 0, unused).
+    """
+    with torch.no_grad():
+        unit = torch.nn.functional.normalize(hidden.float(), dim=-1)  # (B, L, d)
+        similarity = unit @ unit.transpose(1, 2)  # (B, L, L): row = slot, column = receiver
+        return similarity.masked_fill(~kept[:, None, :], float("-inf")).argmax(dim=2)
+
+
+def merge_dropped(
+    mass: torch.Tensor, hidden: torch.Tensor, dropped: torch.Tensor, kept: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge each dropped slot into its most similar kept vision slot.
+
+    Args:
+        mass: (B, L) float32, how many original tokens each slot stands for.
+        hidden: (B, L, d) hidden states at the module's layer.
+        dropped: (B, L) bool, vision slots this module drops.
+        kept: (B, L) bool, vision slots this module keeps (the only receivers).
+
+    Returns:
+        `(mass, hidden)`: (B, L) float32 new masses (dropped slots 0) and (B, L, d) hidden states in
+        hidden's dtype, each kept slot the mass-weighted mean of itself and the slots merged into it
+        (differentiable in `hidden`; other slots unchanged). A row without a kept vision slot keeps its
+        masses and states (its dropped slots are simply dropped).
+    """
+    target = nearest_kept(hidden, kept)  # (B, L)
+    moved = torch.where(dropped & kept.any(dim=1, keepdim=True), mass, 0.0)  # (B, L) mass leaving
+    own = torch.where(kept, mass, 0.0)
+    total = own.scatter_add(1, target, moved)  # (B, L): kept slots' new masses
+    states = hidden.float()
+    incoming = torch.zeros_like(states).scatter_add(
+        1, target[..., None].expand_as(states), states * moved[..., None]
+    )
+    merged = (states * own[..., None] + incoming) / total.clamp(min=1e-12)[..., None]
+    new_hidden = torch.where(kept[..., None], merged.to(hidden.dtype), hidden)
+    new_mass = torch.where(kept, total, torch.where(dropped, 0.0, mass))
+    return new_mass, new_hidden
+
+
+def mass_bias(mass: torch.Tensor) -> torch.Tensor:
+    """(B, K) float32 additive attention bias log(m) of key slots with masses `mass` (B, K); slots with
+    mass 0 (dropped or padding, which the mask excludes anyway) get 0 instead of -inf."""
+    return torch.where(mass > 0, torch.log(mass.clamp(min=1e-12)), 0.0)
