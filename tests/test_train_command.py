@@ -209,10 +209,12 @@ def test_attention_distill_flag_reaches_the_config(flag: list[str], expected: fl
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        ([], ("lvpeft", 1.0, "top_k", True)),
-        (["--recipe", "paper"], ("paper", 0.0, "gumbel", False)),
-        (["--recipe", "paper", "--teacher_rank_weight", "0.5"], ("paper", 0.5, "gumbel", False)),
-        (["--training_decisions", "gumbel"], ("lvpeft", 1.0, "gumbel", True)),
+        ([], ("lvpeft", 1.0, "top_k", True, True)),
+        (["--recipe", "paper"], ("paper", 0.0, "gumbel", False, False)),
+        (["--recipe", "paper", "--teacher_rank_weight", "0.5"], ("paper", 0.5, "gumbel", False, False)),
+        (["--training_decisions", "gumbel"], ("lvpeft", 1.0, "gumbel", True, True)),
+        (["--merge_dropped", "false"], ("lvpeft", 1.0, "top_k", True, False)),
+        (["--recipe", "paper", "--merge_dropped", "true"], ("paper", 0.0, "gumbel", False, True)),
     ],
 )
 def test_recipe_flags_reach_the_config(flags: list[str], expected: tuple) -> None:
@@ -221,4 +223,5 @@ def test_recipe_flags_reach_the_config(flags: list[str], expected: tuple) -> Non
 
     ours, _ = build_train_parser().parse_args_into_dataclasses(["--model", "m", "--data", "d.json", *flags])
     c = adapter_config(ours)
-    assert (c.recipe, c.teacher_rank_weight, c.training_decisions, c.hide_answer_from_modules) == expected
+    got = (c.recipe, c.teacher_rank_weight, c.training_decisions, c.hide_answer_from_modules, c.merge_dropped)
+    assert got == expected

@@ -114,6 +114,14 @@ class TrainCommandArguments:
             "(false: the paper's modules see them). Default: the recipe's (lvpeft: true, paper: false)."
         },
     )
+    merge_dropped: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Merge each dropped vision token into its most similar kept token (mass-weighted states, "
+            "proportional attention), in training and inference (false: drop them, as the paper). "
+            "Default: the recipe's (lvpeft: true, paper: false)."
+        },
+    )
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in --output-dir."})
     keep_text_only: bool = field(default=False, metadata={"help": "Keep text-only rows (paper: dropped)."})
     on_bad_rows: str = field(
@@ -211,6 +219,7 @@ def adapter_config(ours: TrainCommandArguments) -> LVPruningConfig:
         distill_weight=ours.distill_weight,
         attention_distill_weight=ours.attention_distill_weight,
         hide_answer_from_modules=ours.hide_answer_from_modules,
+        merge_dropped=ours.merge_dropped,
         base_model_name_or_path=ours.model,
     )
 
