@@ -27,6 +27,13 @@ def test_pack_right_aligns_each_rows_true_slots_in_order() -> None:
         assert not valid[row, : index.shape[1] - len(expected)].any()  # padding first (left)
 
 
+def test_pack_of_a_single_row_takes_its_true_slots_in_order() -> None:
+    for row in _masks():  # includes a row with nothing kept
+        index, valid = pack(row[None])
+        assert index.shape == valid.shape == (1, int(row.sum()))
+        assert torch.equal(index[0], torch.nonzero(row).flatten()) and bool(valid.all())
+
+
 @pytest.mark.parametrize("rest", [(), (5,), (2, 3)])
 def test_gather_slots_equals_indexing_row_by_row(rest: tuple[int, ...]) -> None:
     x = torch.randn(3, 11, *rest)

@@ -21,6 +21,9 @@ def pack(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         index: (B, K) long with K = max row count; padding columns hold 0.
         valid: (B, K) bool, False on the padding columns.
     """
+    if mask.shape[0] == 1:  # one row, no padding: its True slots in order (one host read, as below)
+        index = mask[0].nonzero().view(1, -1)
+        return index, torch.ones_like(index, dtype=torch.bool)
     length = mask.shape[1]
     arange = torch.arange(length, device=mask.device)
     keyed = torch.where(mask, arange, -1)  # (B, L): kept slots keep their index, others sort first

@@ -32,5 +32,15 @@ class LearnedScorer:
         hidden = context.hidden
         v_index, v_valid = pack(context.candidates)  # (B, Nv)
         t_index, t_valid = pack(context.language)  # (B, T)
-        logits = self.module(gather_slots(hidden, v_index), gather_slots(hidden, t_index), t_valid)
+        logits = self.module(_gather(hidden, v_index), gather_slots(hidden, t_index), t_valid)
         return scatter_slots(logits, v_index, v_valid, hidden.shape[1]).to(context.candidates.device)
+
+
+def _gather(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`gather_slots(hidden, index)`; a view, not a copy, at inference when the one row's slots are
+    consecutive (a single image's tokens, on a CPU where reading the index costs nothing)."""
+    if index.shape[0] == 1 and index.shape[1] and index.device.type == "cpu" and not torch.is_grad_enabled():
+        first, last = int(index[0, 0]), int(index[0, -1])
+        if last - first + 1 == index.shape[1]:
+            return hidden[:, first : last + 1]
+    return gather_slots(hidden, index)
