@@ -21,9 +21,11 @@ from PIL import Image
 
 from lvpeft import LVPruningConfig, get_lvpruning_model
 from lvpeft.cli import build_parser, main
+from lvpeft.demo.cost import best_scorer
 from lvpeft.demo.evaluation import kept_patches
 from lvpeft.demo.pipeline import run_demo
 from lvpeft.demo.questions import make_split
+from lvpeft.demo.report import format_table, render_markdown
 from lvpeft.demo.settings import DEFAULT_BASE, QUICK_SETTINGS, SCORERS
 from lvpeft.demo.tiny_model import (
     SHIPPED_BASE_DIR,
@@ -45,6 +47,10 @@ SETTINGS = replace(
     pictures=1,
     timing_batch=4,
     timing_repeats=2,
+    speed_model="tiny",  # the LLaVA-1.5-shaped model's code path on a stand-in of seconds
+    speed_repeats=2,
+    speed_warmup=0,
+    speed_new_tokens=2,
     reload_examples=6,
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -113,7 +119,18 @@ def test_report_has_every_number_with_a_sane_value(demo: tuple[dict[str, Any], P
     assert len(report["prefill_ms"]["all"]["base"]) == SETTINGS.timing_repeats
     assert report["reload_check"]["passed"] and report["reload_check"]["same_answers"]
     assert report["reload_check"]["examples"] == SETTINGS.reload_examples
-    phases = {"load", "data", "train", "save", "evaluate", "pictures", "reload", "timing", "total"}
+    phases = {
+        "load",
+        "data",
+        "train",
+        "save",
+        "evaluate",
+        "pictures",
+        "reload",
+        "timing",
+        "llava_speed",
+        "total",
+    }
     assert phases <= set(report["timings"])
     assert report["timings"]["total"] >= report["timings"]["train"] > 0
     assert report["machine"] and report["test_examples"] == 12 and report["train_examples"] == 12
@@ -124,6 +141,54 @@ def test_report_has_every_number_with_a_sane_value(demo: tuple[dict[str, Any], P
     assert report["training"]["teacher_rank_weight"] == default.teacher_rank_weight > 0
     assert report["training"]["last_log"]["teacher_rank_loss"] > 0  # the term was on and logged
     assert report["adapter_parameters"] > 0 and report["pruner_dim"] == 64  # the light default for d = 64
+
+
+def test_report_has_the_llava_shaped_speed_comparison(demo: tuple[dict[str, Any], Path]) -> None:
+    _, out = demo
+    report = read_report(out)
+    speed = report["llava_shaped_speed"]
+    best = max(SCORERS, key=lambda name: report["baselines"][name])  # the most accurate, first on a tie
+    assert speed["name"] == "tiny" and speed["scorer"] == best and "random-weight" in speed["model"]
+    assert list(speed["variants"]) == ["base", "lvpruning", best]
+    for name, v in speed["variants"].items():
+        assert v["prefill_ms"] > 0 and v["generate_ms"] > 0 and v["decode_tokens_per_s"] > 0
+        assert math.isfinite(v["prefill_speedup"]) and math.isfinite(v["generate_speedup"])
+        assert v["kv_cache_bytes"] > 0
+        if name == "base":
+            assert v["prefill_speedup"] == v["generate_speedup"] == 1.0
+    assert speed["variants"]["lvpruning"]["kv_cache_bytes"] < speed["variants"]["base"]["kv_cache_bytes"]
+    setting = speed["setting"]
+    assert setting["keep"] == report["keep"] and setting["batch"] == 1 and setting["repeats"] == 2
+    assert setting["vision_tokens"] == 64 and setting["new_tokens"] == 2
+    flops = speed["flops"]
+    assert flops["speedup"] > 1 and 0 < flops["vision_share"] < 1
+    assert 0.01 < flops["llava_1_5_7b_vision_share"] < 0.1  # CLIP ViT-L/14-336 against Vicuna-7B
+    assert 0 < report["flops"]["vision_share"] < 1
+    assert report["decoder"] == {"hidden_size": 64, "num_hidden_layers": 4}
+    markdown = (out / "report.md").read_text()
+    assert "### Speed on a tiny stand-in random-weight model" in markdown and "| unpruned model |" in markdown
+    assert "Why they differ: on the tiny model the vision tower" in markdown
+    table = format_table(report)
+    assert "why they differ: on the tiny model the vision tower" in table and "(LVPruning)" in table
+
+
+def test_the_speed_section_is_labelled_and_optional(demo: tuple[dict[str, Any], Path]) -> None:
+    _, out = demo
+    report = read_report(out)
+    shaped = {**report["llava_shaped_speed"], "name": "llava-1.5-shaped"}
+    markdown = render_markdown({**report, "llava_shaped_speed": shaped})
+    assert "### Speed on a LLaVA-1.5-shaped random-weight model" in markdown
+    assert "LLaVA-1.5-shaped random-weight model: prefill" in format_table(
+        {**report, "llava_shaped_speed": shaped}
+    )
+    skipped = {**report, "llava_shaped_speed": None}  # `DemoSettings(speed_model=None)`
+    assert "### Speed on" not in render_markdown(skipped) and "why they differ" not in format_table(skipped)
+
+
+def test_best_scorer_is_the_most_accurate_or_uniform() -> None:
+    assert best_scorer({"random": 0.7, "uniform": 0.8, "fastv": 0.8}) == "uniform"
+    assert best_scorer({"random": 0.9, "uniform": 0.8}) == "random"
+    assert best_scorer({}) == "uniform"
 
 
 def test_pictures_and_plot_are_valid_pngs(demo: tuple[dict[str, Any], Path]) -> None:

@@ -10,8 +10,9 @@
    each answer's evidence (the patches that show it) is still alive after the last module;
 5. picture what every module keeps for two questions about the same test image;
 6. save the adapter, reload it with `lvpeft.from_pretrained` on a freshly loaded base, compare answers;
-7. time a prefill, base vs pruned, interleaved, and write `report.json`, `report.md` and the PNGs
-   (`lvpeft.demo.report`).
+7. time a prefill, base vs pruned, interleaved; time prefill and `generate()` again on a random-weight
+   model shaped like LLaVA-1.5 (base vs pruned vs the most accurate training-free scorer), where the
+   decoder is nearly all of the cost; write `report.json`, `report.md` and the PNGs (`lvpeft.demo.report`).
 
 The steps live in `training.py` (2, 3), `evaluation.py` (4, 5) and `cost.py` (7); this module runs
 them in order and checks the reload (6).
@@ -30,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .cost import describe_machine, flops_of, prompt_text_tokens, time_prefill
+from .cost import (
+    best_scorer,
+    describe_machine,
+    flops_of,
+    llava_shaped_speed,
+    prompt_text_tokens,
+    time_prefill,
+)
 from .evaluation import evaluate_all, keep_key, make_pictures
 from .settings import DEFAULT_SETTINGS, SCORERS, DemoSettings
 from .tiny_model import load_base, shipped_base_name
@@ -145,6 +153,23 @@ def run_demo(
     with clock.phase("timing"):
         flops = flops_of(model, prompt_text_tokens(processor, data.test))
         prefill = time_prefill(model, processor, data.test[: settings.timing_batch], settings.timing_repeats)
+    speed = None
+    if settings.speed_model is not None:
+        scorer = best_scorer({name: results["at_keep"][name].accuracy for name in SCORERS})
+        with clock.phase("llava_speed"):
+            speed = llava_shaped_speed(
+                config.keep,
+                scorer,
+                settings.speed_model,
+                settings.speed_repeats,
+                settings.speed_warmup,
+                settings.speed_new_tokens,
+            )
+        pruned = speed["variants"]["lvpruning"]
+        log(
+            f"{speed['name']} random-weight model: prefill {pruned['prefill_speedup']:.2f}x, generate "
+            f"{pruned['generate_speedup']:.2f}x faster pruned ({speed['flops']['speedup']:.2f}x fewer FLOPs)"
+        )
     clock.timings["total"] = round(time.perf_counter() - clock.start, 2)
 
     n_vision = int(base.config.vision_config.image_size // base.config.vision_config.patch_size) ** 2
@@ -160,6 +185,7 @@ def run_demo(
         "pruner_dim": config.resolve_pruner_dim(config.base_text_hidden_size),
         "adapter_parameters": sum(p.numel() for n, p in model.named_parameters() if "lvpruning_module" in n),
         "vision_tokens": n_vision,
+        "decoder": {k: getattr(base.config.text_config, k) for k in ("hidden_size", "num_hidden_layers")},
         "kept_tokens": [round(r * n_vision) for r in schedule],
         "train_examples": len(data.train),
         "test_examples": len(data.test),
@@ -180,6 +206,7 @@ def run_demo(
         "flops": flops,
         "prefill_speedup": prefill["speedup"],
         "prefill_ms": prefill,
+        "llava_shaped_speed": speed,
         "reload_check": reload,
         "kept_patches": pictures,
         "training": training_summary(trainer, settings),

@@ -245,6 +245,16 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"prefill: {report['prefill_speedup']:.2f}x faster measured ({batch} prompts), "
         f"{flops['speedup']:.2f}x fewer FLOPs; reload check {reload}"
     )
+    speed = report.get("llava_shaped_speed")
+    if speed:
+        pruned, scorer = speed["variants"]["lvpruning"], speed["variants"][speed["scorer"]]
+        label = LABELS.get(speed["scorer"], speed["scorer"])
+        lines.append(
+            f"{_speed_title(speed)}: prefill {pruned['prefill_speedup']:.2f}x (LVPruning), "
+            f"{scorer['prefill_speedup']:.2f}x ({label}) faster measured, {speed['flops']['speedup']:.2f}x "
+            f"fewer FLOPs; generate() {pruned['generate_speedup']:.2f}x / {scorer['generate_speedup']:.2f}x"
+        )
+        lines.append(f"  why they differ: {why_speeds_differ(report)}")
     lines.append(f"total {report['timings']['total']:.0f} s; report: {report['files']['markdown']}")
     return "\n".join(lines)
 
@@ -328,6 +338,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"interleaved): base {prefill['base']:.1f} ms, pruned {prefill['lvpruning']:.1f} ms: "
         f"**{report['prefill_speedup']:.2f}x**.",
         f"- Machine: {report['machine']}.",
+    ]
+    if report.get("llava_shaped_speed"):
+        lines += ["", *speed_section(report)]
+    lines += [
         "",
         "## Save and reload",
         "",
@@ -342,6 +356,69 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", "## Timings (s)", "", "| phase | seconds |", "|---|---|"]
     lines += [f"| {phase} | {seconds:.1f} |" for phase, seconds in report["timings"].items()]
     return "\n".join(lines) + "\n"
+
+
+SPEED_TITLES: dict[str, str] = {"llava-1.5-shaped": "LLaVA-1.5-shaped", "tiny": "tiny stand-in"}
+"""Short names of the `lvpeft.demo.cost.SPEED_MODELS`, as the report's speed section calls them."""
+
+
+def _speed_title(speed: Mapping[str, Any]) -> str:
+    return f"{SPEED_TITLES.get(speed['name'], speed['name'])} random-weight model"
+
+
+def why_speeds_differ(report: Mapping[str, Any]) -> str:
+    """One sentence: why the tiny model's measured prefill speed-up and the LLaVA-shaped one differ."""
+    speed, flops = report["llava_shaped_speed"], report["flops"]
+    other = SPEED_TITLES.get(speed["name"], speed["name"])
+    shares = speed["flops"]
+    width = report.get("decoder", {}).get("hidden_size")
+    narrow = (
+        f" and its decoder is only {width} wide, so lvpeft's fixed per-call costs weigh more" if width else ""
+    )
+    return (
+        f"on the tiny model the vision tower and projector, which pruning inside the language model cannot "
+        f"shorten, are {_pct(flops['vision_share'])} of a prefill's FLOPs (pruning saves "
+        f"{flops['speedup']:.2f}x FLOPs there){narrow}; on the {other} model they are "
+        f"{_pct(shares['vision_share'])} (LLaVA-1.5-7B: {_pct(shares['llava_1_5_7b_vision_share'])}) and the "
+        f"decoder, which pruning shortens, is nearly all of the cost ({shares['speedup']:.2f}x fewer FLOPs)."
+    )
+
+
+def speed_section(report: Mapping[str, Any]) -> list[str]:
+    """report.md's lines on the LLaVA-shaped speed comparison (`lvpeft.demo.cost.llava_shaped_speed`)."""
+    speed = report["llava_shaped_speed"]
+    s = speed["setting"]
+    generates = max(1, s["repeats"] // 2)
+    scorer = LABELS.get(speed["scorer"], speed["scorer"])
+    lines = [
+        f"### Speed on a {_speed_title(speed)}",
+        "",
+        f"The tiny model above is not shaped like the models pruning is for (why, below). The same "
+        f"comparison on a {speed['model']}: base, LVPruning (random module weights: the time does not depend "
+        f"on them) and the most accurate training-free scorer above ({scorer}), "
+        f"keep {s['keep']:g} {s['schedule']} before layers {s['layers']}, batch {s['batch']}, "
+        f"{s['vision_tokens']} vision + {s['text_tokens']} text tokens, {s['attn_implementation']}; in this "
+        f"process, prefills interleaved: medians of {s['repeats']} after {s['warmup']} untimed, speed-ups "
+        f"the median of the per-round ratios; `generate()` of {s['new_tokens']} new tokens, median of "
+        f"{generates}. {speed['machine']}.",
+        "",
+        "| variant | prefill ms | prefill speed-up | generate ms | generate speed-up | KV cache MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in speed["variants"].items():
+        label = "unpruned model" if name == "base" else LABELS.get(name, name).replace(" (trained)", "")
+        lines.append(
+            f"| {label} | {v['prefill_ms']:.1f} | {v['prefill_speedup']:.2f}x | {v['generate_ms']:.1f} | "
+            f"{v['generate_speedup']:.2f}x | {v['kv_cache_bytes'] / 2**20:.2f} |"
+        )
+    flops = report["flops"]
+    lines += [
+        "",
+        f"Analytic FLOPs: {speed['flops']['speedup']:.2f}x fewer pruned, against {flops['speedup']:.2f}x on "
+        f"the tiny model ({report['prefill_speedup']:.2f}x measured there). Why they differ: "
+        f"{why_speeds_differ(report)}",
+    ]
+    return lines
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

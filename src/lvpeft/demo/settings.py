@@ -31,6 +31,11 @@ class DemoSettings:
         eval_batch_size: batch size of evaluation (left padding).
         pictures: test images pictured with the patches each module keeps (two questions each).
         timing_batch, timing_repeats: prompts per timed prefill and timed runs per variant.
+        speed_model: the model of the second speed comparison (`lvpeft.demo.cost.llava_shaped_speed`):
+            "llava-1.5-shaped" (`lvpeft bench`'s default random-weight model, LLaVA-1.5's token counts),
+            "tiny" (a stand-in for tests) or None (skipped).
+        speed_repeats, speed_warmup, speed_new_tokens: its timed and untimed prefill rounds and the
+            tokens its `generate()` adds.
         reload_examples: test questions the reloaded adapter must answer identically.
         seed: seeds data order, module initialisation and Gumbel noise.
     """
@@ -57,6 +62,10 @@ class DemoSettings:
     pictures: int = 2
     timing_batch: int = 16
     timing_repeats: int = 10
+    speed_model: str | None = "llava-1.5-shaped"
+    speed_repeats: int = 7
+    speed_warmup: int = 2
+    speed_new_tokens: int = 16
     reload_examples: int = 50
     seed: int = 0
 
@@ -76,6 +85,8 @@ QUICK_SETTINGS = replace(
     baselines_at_every_keep=False,
     pictures=1,
     timing_repeats=5,
+    speed_repeats=5,
+    speed_warmup=1,
     reload_examples=20,
 )
 """`lvpeft demo --quick`: about 2 minutes on two CPU cores (image-first base)."""
