@@ -14,7 +14,7 @@ import torch
 
 from helpers import PATCHES, batch, prompt_ids, randomize_heads, tiny_llava
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
-from lvpeft.pruning.mass import mass_bias, merge_dropped
+from lvpeft.pruning.mass import mass_bias, merge_dropped, nearest_kept
 
 PROMPTS = [prompt_ids(1, 3, 5, 0), prompt_ids(2, 1, 4, 2), prompt_ids(1, 6, 2, 3)]
 
@@ -67,6 +67,21 @@ def test_mass_is_conserved_and_a_row_without_receivers_keeps_its_own() -> None:
     assert torch.equal(states[2], hidden[2])
     bias = mass_bias(torch.tensor([[0.0, 1.0, 4.0]]))
     assert torch.equal(bias, torch.tensor([[0.0, 0.0, 4.0]]).log().clamp(min=0.0))
+
+
+def test_nearest_kept_equals_the_brute_force_over_every_pair() -> None:
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(4, 30, 16, generator=g)
+    vision = torch.rand(4, 30, generator=g) < 0.7
+    kept = vision & (torch.rand(4, 30, generator=g) < 0.3)
+    dropped = vision & ~kept
+    kept[3], dropped[3] = False, vision[3]  # a row with nothing kept
+    unit = torch.nn.functional.normalize(hidden, dim=-1)
+    brute = (unit @ unit.transpose(1, 2)).masked_fill(~kept[:, None, :], float("-inf")).argmax(dim=2)
+    target = nearest_kept(hidden, dropped, kept)
+    rows = dropped & kept.any(dim=1, keepdim=True)
+    assert torch.equal(target[rows], brute[rows])
+    assert torch.equal(target[~rows], torch.arange(30).expand(4, 30)[~rows])
 
 
 def test_merged_states_carry_the_gradient_to_what_was_merged() -> None:

@@ -23,18 +23,36 @@ from __future__ import annotations
 
 import torch
 
+from .tokens import gather_slots, pack
 
-def nearest_kept(hidden: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """(B, L) long: for every slot, the kept slot whose hidden state is most cosine-similar to it.
+
+def nearest_kept(hidden: torch.Tensor, dropped: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """(B, L) long: for every dropped slot, the kept slot whose hidden state is most cosine-similar to
+    it (ties: the earliest); every other slot maps to itself.
+
+    Only dropped x kept similarities are computed (about 0.1 % of a 7B model's pruned prefill).
 
     Args:
         hidden: (B, L, d) hidden states.
-        kept: (B, L) bool, the slots that may receive (rows without one get index 0, unused).
+        dropped: (B, L) bool, the slots to assign.
+        kept: (B, L) bool, the slots that may receive (a row without one maps its slots to themselves).
     """
+    batch, length = dropped.shape
     with torch.no_grad():
+        sources, source_valid = pack(dropped)  # (B, Nd)
+        receivers, receiver_valid = pack(kept)  # (B, Nk)
+        identity = torch.arange(length + 1, device=dropped.device).expand(batch, length + 1)
+        if sources.shape[1] == 0 or receivers.shape[1] == 0:
+            return identity[:, :length]
         unit = torch.nn.functional.normalize(hidden.float(), dim=-1)  # (B, L, d)
-        similarity = unit @ unit.transpose(1, 2)  # (B, L, L): row = slot, column = receiver
-        return similarity.masked_fill(~kept[:, None, :], float("-inf")).argmax(dim=2)
+        similarity = gather_slots(unit, sources) @ gather_slots(unit, receivers).transpose(1, 2)
+        # similarity: (B, Nd, Nk) cosines
+        best = similarity.masked_fill(~receiver_valid[:, None, :], float("-inf")).argmax(dim=2)  # (B, Nd)
+        target = torch.gather(receivers, 1, best)  # (B, Nd) slot indices
+        assign = source_valid & receiver_valid.any(dim=1, keepdim=True)
+        spare = torch.full_like(sources, length)  # padding columns write to a spare slot, cut off
+        out = identity.scatter(1, torch.where(assign, sources, spare), torch.where(assign, target, spare))
+        return out[:, :length]
 
 
 def merge_dropped(
@@ -54,7 +72,7 @@ def merge_dropped(
         (differentiable in `hidden`; other slots unchanged). A row without a kept vision slot keeps its
         masses and states (its dropped slots are simply dropped).
     """
-    target = nearest_kept(hidden, kept)  # (B, L)
+    target = nearest_kept(hidden, dropped, kept)  # (B, L)
     moved = torch.where(dropped & kept.any(dim=1, keepdim=True), mass, 0.0)  # (B, L) mass leaving
     own = torch.where(kept, mass, 0.0)
     total = own.scatter_add(1, target, moved)  # (B, L): kept slots' new masses
