@@ -1,11 +1,9 @@
-"""The default recipe against random pruning at the same positions and budget, on each shipped base,
-after a short training run with the library's defaults (the learning rate aside).
+"""The default recipe against the training-free scorers at the same positions and budget, on each
+shipped base, after a short training run with the library's defaults (the learning rate aside).
 
-The fast guard of docs/recipe.md's measurements (1,000 validation questions, 200 steps, three seeds).
-On the question-first base the default beats random by 20+ points: a change that makes the modules
-rank what the model needs last fails here. On the image-first base NO recipe tried beats random yet
-(issue 14, docs/recipe.md): that case is a strict expected failure, so the day a change makes it
-pass, the test says so and the marker must go.
+The fast guard of docs/recipe.md's measurements (1,000 validation questions, 200 steps, three seeds):
+a change that makes the modules rank what the model needs last, or that loses what the dropped tokens
+carried (merging), fails here. Random pruning runs with the adapter's config, so it merges too.
 """
 
 from __future__ import annotations
@@ -26,19 +24,8 @@ STEPS = {"question-first": 40, "image-first": 60}
 QUESTIONS = 200
 
 
-@pytest.mark.parametrize(
-    "base_name",
-    [
-        pytest.param(
-            "image-first",
-            marks=pytest.mark.xfail(
-                strict=True, reason="issue 14: no recipe beats random pruning on the image-first base yet"
-            ),
-        ),
-        "question-first",
-    ],
-)
-def test_default_recipe_beats_random_pruning(base_name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("base_name", ["image-first", "question-first"])
+def test_default_recipe_beats_the_training_free_scorers(base_name: str, tmp_path: Path) -> None:
     if not (SHIPPED_BASES[base_name] / "config.json").is_file():
         pytest.skip(f"the {base_name} base is not shipped in this checkout")
     torch.set_num_threads(1)
@@ -49,7 +36,13 @@ def test_default_recipe_beats_random_pruning(base_name: str, tmp_path: Path) -> 
     assert trainer.lvpruning_config.recipe == "lvpeft" and trainer.lvpruning_config.keep == 0.1
     questions = make_split("validation", QUESTIONS, seed=0)
     learned = evaluate(model, processor, questions).accuracy
-    with scorer_variants(model)["random"]():
-        random = evaluate(model, processor, questions).accuracy
-    # measured margins are 20+ points (docs/recipe.md); 10 leaves room for seed noise on 200 questions
-    assert learned >= random + 0.10, (base_name, learned, random)
+    variants = scorer_variants(model)
+    scorers = {}
+    for name in ("random", "uniform", "fastv"):
+        with variants[name]():
+            scorers[name] = evaluate(model, processor, questions).accuracy
+    # measured on 1,000 validation questions after 200 steps (docs/recipe.md): +9 to +15 points over
+    # random, +2 to +9 over the best training-free scorer; on 200 questions after 40-60 steps the margins
+    # leave room for noise, but a ranking that puts what the model needs last, or lost merging, fails
+    assert learned >= scorers["random"] + 0.05, (base_name, learned, scorers)
+    assert learned >= max(scorers.values()), (base_name, learned, scorers)
