@@ -151,6 +151,12 @@ def test_bad_serve_flags_fail_before_building_a_model(flag, value, message, caps
     assert err.startswith("lvpeft bench: error: serve ") and message in err and "got 0" in err
 
 
+def test_serve_flags_without_serve_are_refused(capsys) -> None:
+    assert main(["bench", "--serve-prompts", "8", "--serve-warmup", "0"]) == 2  # before building a model
+    err = capsys.readouterr().err
+    assert "--serve-prompts, --serve-warmup only apply to the serving measurement: add --serve" in err
+
+
 def test_bench_serve_cli_json(tmp_path, capsys) -> None:
     tiny_llava(attn="sdpa").save_pretrained(tmp_path / "m")
     argv = ["bench", "--model", str(tmp_path / "m"), "--keep", "0.25", "--repeats", "1", "--warmup", "0"]

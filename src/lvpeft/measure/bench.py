@@ -281,19 +281,20 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         help="also measure serving: one batch of prompts of mixed lengths, each generating a fixed number "
         "of tokens: tokens/s, time to first token, KV cache, peak memory",
     )
-    parser.add_argument("--serve-prompts", type=int, default=16, help="--serve: prompts in the batch (N)")
+    # the --serve-* options default to None (ServeSetting's defaults apply) so that one given without
+    # --serve is an error, not silently ignored
+    parser.add_argument("--serve-prompts", type=int, help="--serve: prompts in the batch (N, default 16)")
     parser.add_argument(
-        "--serve-new-tokens", type=int, default=64, help="--serve: tokens generated per prompt (M)"
+        "--serve-new-tokens", type=int, help="--serve: tokens generated per prompt (M, default 64)"
     )
     parser.add_argument(
         "--serve-text-tokens",
         type=_int_pair,
-        default=(20, 120),
         metavar="LEAST,MOST",
         help="--serve: the prompts' text lengths, spread evenly over this range (default 20,120)",
     )
-    parser.add_argument("--serve-repeats", type=int, default=5, help="--serve: timed rounds")
-    parser.add_argument("--serve-warmup", type=int, default=1, help="--serve: untimed rounds first")
+    parser.add_argument("--serve-repeats", type=int, help="--serve: timed rounds (default 5)")
+    parser.add_argument("--serve-warmup", type=int, help="--serve: untimed rounds first (default 1)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=bench_command)
     return parser
@@ -328,17 +329,15 @@ def _int_pair(text: str) -> tuple[int, int]:
 
 def bench_command(args: argparse.Namespace) -> int:
     """Handler of `lvpeft bench`."""
-    serve = (
-        ServeSetting(
-            prompts=args.serve_prompts,
-            new_tokens=args.serve_new_tokens,
-            text_tokens=args.serve_text_tokens,
-            repeats=args.serve_repeats,
-            warmup=args.serve_warmup,
-        )
-        if args.serve
-        else None
-    )  # checked before a model is loaded
+    serve_options = {
+        field: getattr(args, f"serve_{field}")
+        for field in ("prompts", "new_tokens", "text_tokens", "repeats", "warmup")
+        if getattr(args, f"serve_{field}") is not None
+    }
+    if serve_options and not args.serve:
+        given = ", ".join(f"--serve-{field.replace('_', '-')}" for field in serve_options)
+        raise ValueError(f"{given} only apply to the serving measurement: add --serve (or drop them).")
+    serve = ServeSetting(**serve_options) if args.serve else None  # checked before a model is loaded
     baselines = _baseline_names([name for name in args.baselines.split(",") if name])
     if args.model and args.preset:
         raise ValueError("give --model or --preset, not both.")
