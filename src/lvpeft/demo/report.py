@@ -259,6 +259,13 @@ def format_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _dropped_fate(merged: bool) -> str:
+    """What happens to the tokens a module drops, in the report's words."""
+    if merged:
+        return "merged into the most similar kept token (mass-weighted states, proportional attention)"
+    return "removed"
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """report.md: the setting, the results table, the pictures, speed, the reload check, timings."""
     files, flops, prefill = report["files"], report["flops"], report["prefill_ms"]
@@ -275,7 +282,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"{t['gumbel_temperature']:g}, ratio-loss weight {t['ratio_loss_weight']:g}, teacher-ranking weight "
         f"{t.get('teacher_rank_weight', 0.0):g}, distillation weight {t['distill_weight']:g}, "
         f"attention-ranking weight {t.get('attention_distill_weight', 0.0):g}, the answer "
-        f"{'hidden from' if t.get('hide_answer_from_modules', True) else 'visible to'} the modules).",
+        f"{'hidden from' if t.get('hide_answer_from_modules', True) else 'visible to'} the modules, "
+        f"dropped tokens {_dropped_fate(t.get('merge_dropped', False))}).",
         "",
         f"Test split: {r['test_examples']} questions, greedy `generate()`, exact match of the one-word "
         "answer. *Evidence kept*: the share of the patches that hold the answer's evidence still alive "

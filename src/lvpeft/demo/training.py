@@ -153,6 +153,7 @@ def training_summary(trainer: Any, settings: DemoSettings) -> dict[str, Any]:
         "teacher_rank_weight": config.teacher_rank_weight,
         "training_decisions": config.training_decisions,
         "hide_answer_from_modules": config.hide_answer_from_modules,
+        "merge_dropped": config.merge_dropped,
         "first_log": {k: logs[0][k] for k in keys if k in logs[0]} if logs else {},
         "last_log": {k: logs[-1][k] for k in keys if k in logs[-1]} if logs else {},
     }
