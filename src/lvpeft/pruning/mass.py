@@ -26,6 +26,28 @@ import torch
 from .tokens import gather_slots, pack
 
 
+def _assignments(
+    hidden: torch.Tensor, dropped: torch.Tensor, kept: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The dropped slots of each row, packed, and the kept slot each merges into.
+
+    Returns:
+        `(sources, targets, assign)`: (B, Nd) long dropped slot indices, (B, Nd) long their receivers,
+        (B, Nd) bool whether the column is a real assignment (not padding, and the row keeps a slot).
+    """
+    sources, source_valid = pack(dropped)  # (B, Nd)
+    receivers, receiver_valid = pack(kept)  # (B, Nk)
+    if sources.shape[1] == 0 or receivers.shape[1] == 0:
+        return sources, sources, torch.zeros_like(source_valid)
+    with torch.no_grad():
+        source_states = torch.nn.functional.normalize(gather_slots(hidden, sources).float(), dim=-1)
+        receiver_states = torch.nn.functional.normalize(gather_slots(hidden, receivers).float(), dim=-1)
+        similarity = source_states @ receiver_states.transpose(1, 2)  # (B, Nd, Nk) cosines
+        best = similarity.masked_fill(~receiver_valid[:, None, :], float("-inf")).argmax(dim=2)  # (B, Nd)
+    targets = torch.gather(receivers, 1, best)  # (B, Nd) slot indices
+    return sources, targets, source_valid & receiver_valid.any(dim=1, keepdim=True)
+
+
 def nearest_kept(hidden: torch.Tensor, dropped: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """(B, L) long: for every dropped slot, the kept slot whose hidden state is most cosine-similar to
     it (ties: the earliest); every other slot maps to itself.
@@ -38,21 +60,11 @@ def nearest_kept(hidden: torch.Tensor, dropped: torch.Tensor, kept: torch.Tensor
         kept: (B, L) bool, the slots that may receive (a row without one maps its slots to themselves).
     """
     batch, length = dropped.shape
-    with torch.no_grad():
-        sources, source_valid = pack(dropped)  # (B, Nd)
-        receivers, receiver_valid = pack(kept)  # (B, Nk)
-        identity = torch.arange(length + 1, device=dropped.device).expand(batch, length + 1)
-        if sources.shape[1] == 0 or receivers.shape[1] == 0:
-            return identity[:, :length]
-        unit = torch.nn.functional.normalize(hidden.float(), dim=-1)  # (B, L, d)
-        similarity = gather_slots(unit, sources) @ gather_slots(unit, receivers).transpose(1, 2)
-        # similarity: (B, Nd, Nk) cosines
-        best = similarity.masked_fill(~receiver_valid[:, None, :], float("-inf")).argmax(dim=2)  # (B, Nd)
-        target = torch.gather(receivers, 1, best)  # (B, Nd) slot indices
-        assign = source_valid & receiver_valid.any(dim=1, keepdim=True)
-        spare = torch.full_like(sources, length)  # padding columns write to a spare slot, cut off
-        out = identity.scatter(1, torch.where(assign, sources, spare), torch.where(assign, target, spare))
-        return out[:, :length]
+    sources, targets, assign = _assignments(hidden, dropped, kept)
+    identity = torch.arange(length + 1, device=dropped.device).expand(batch, length + 1)
+    spare = torch.full_like(sources, length)  # padding columns write to a spare slot, cut off
+    out = identity.scatter(1, torch.where(assign, sources, spare), torch.where(assign, targets, spare))
+    return out[:, :length]
 
 
 def merge_dropped(
@@ -72,17 +84,24 @@ def merge_dropped(
         (differentiable in `hidden`; other slots unchanged). A row without a kept vision slot keeps its
         masses and states (its dropped slots are simply dropped).
     """
-    target = nearest_kept(hidden, dropped, kept)  # (B, L)
-    moved = torch.where(dropped & kept.any(dim=1, keepdim=True), mass, 0.0)  # (B, L) mass leaving
-    own = torch.where(kept, mass, 0.0)
-    total = own.scatter_add(1, target, moved)  # (B, L): kept slots' new masses
-    states = hidden.float()
-    incoming = torch.zeros_like(states).scatter_add(
-        1, target[..., None].expand_as(states), states * moved[..., None]
-    )
-    merged = (states * own[..., None] + incoming) / total.clamp(min=1e-12)[..., None]
-    new_hidden = torch.where(kept[..., None], merged.to(hidden.dtype), hidden)
-    new_mass = torch.where(kept, total, torch.where(dropped, 0.0, mass))
+    batch, length, width = hidden.shape
+    sources, targets, assign = _assignments(hidden, dropped, kept)  # (B, Nd) each
+    offsets = torch.arange(batch, device=hidden.device)[:, None] * length
+    spare = batch * length  # padding columns add into a spare row, cut off
+    source_rows = (sources + offsets).reshape(-1)
+    target_rows = torch.where(assign, targets + offsets, spare).reshape(-1)
+    moved = torch.where(assign, torch.gather(mass, 1, sources), 0.0).reshape(-1)  # (B*Nd,)
+    own = torch.where(kept, mass, 0.0).reshape(-1)
+    total = torch.cat([own, own.new_zeros(1)]).index_add_(0, target_rows, moved)[:spare]  # (B*L,)
+    flat = hidden.reshape(spare, width).float()
+    incoming = flat.new_zeros(spare + 1, width).index_add_(
+        0, target_rows, flat.index_select(0, source_rows) * moved[:, None]
+    )[:spare]
+    rows = (total > own).nonzero().view(-1)  # (R,) kept slots that absorbed something; the rest stay as is
+    merged = flat.index_select(0, rows) * own[rows, None] + incoming.index_select(0, rows)
+    merged = merged / total[rows, None]
+    new_hidden = flat.index_copy(0, rows, merged).view(batch, length, width).to(hidden.dtype)
+    new_mass = torch.where(kept, total.view(batch, length), torch.where(dropped, 0.0, mass))
     return new_mass, new_hidden
 
 
