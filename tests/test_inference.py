@@ -78,9 +78,10 @@ def test_removal_matches_masked_reference(backbone: str, attn: str, side: str) -
 
 
 @pytest.mark.parametrize("attn", ATTENTION)
-def test_generate_removal_matches_masked_reference_step_by_step(attn: str) -> None:
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "dropped"])
+def test_generate_removal_matches_masked_reference_step_by_step(attn: str, merge: bool) -> None:
     inputs = batch(PROMPTS)
-    model = pruned_model("llama", attn)
+    model = pruned_model("llama", attn, merge_dropped=merge)
     kwargs = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
     with torch.no_grad():
         removed = model.generate(**inputs, **kwargs)
