@@ -284,7 +284,7 @@ class TokenPruner:
                 with record_function("lvpruning::merge"):
                     mass = ctx.mass if ctx.mass is not None else ctx.valid.float()
                     ctx.mass, hidden = merge_dropped(mass, hidden, alive & ~kept_now, kept_now)
-            ctx.stage_keys[stage] = StageKeys(ctx.positions, ctx.valid, _bias(ctx.mass))
+            ctx.stage_keys[stage] = StageKeys(ctx.positions, ctx.valid, mass_bias(ctx.mass))
             return hidden
         with record_function("lvpruning::select"):
             kept = select_top_k(scores, candidates, keep)  # (B, L)
@@ -295,7 +295,7 @@ class TokenPruner:
                 ctx.mass, hidden = merge_dropped(mass, hidden, candidates & ~kept, kept)  # (B, L), (B, L, d)
         if plan.mode is PruneMode.MASK:
             ctx.alive = kept
-            ctx.stage_keys[stage] = StageKeys(ctx.positions, text | kept, _bias(ctx.mass))
+            ctx.stage_keys[stage] = StageKeys(ctx.positions, text | kept, mass_bias(ctx.mass))
             return hidden
         with record_function("lvpruning::repack"):
             index, valid = pack(text | kept)  # (B, L') left-padded
@@ -307,7 +307,7 @@ class TokenPruner:
         ctx.alive = ctx.is_vision
         ctx.valid = valid
         ctx.removed = True
-        ctx.stage_keys[stage] = StageKeys(ctx.positions, valid, _bias(ctx.mass))
+        ctx.stage_keys[stage] = StageKeys(ctx.positions, valid, mass_bias(ctx.mass))
         return hidden
 
     # -- per-stage layer arguments ----------------------------------------------------------------
@@ -391,10 +391,6 @@ def _attention_loss(context: ScoringContext, scores: torch.Tensor, alive: torch.
     with torch.no_grad():
         attention = query_attention(context, query, alive | context.language)  # (B, L)
     return attention_rank_loss(scores, attention, alive)
-
-
-def _bias(mass: torch.Tensor | None) -> torch.Tensor | None:
-    return None if mass is None else mass_bias(mass)
 
 
 def _mean_ratio(kept: torch.Tensor, num_vision: torch.Tensor, has_vision: torch.Tensor) -> float:

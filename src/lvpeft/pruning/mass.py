@@ -105,7 +105,10 @@ def merge_dropped(
     return new_mass, new_hidden
 
 
-def mass_bias(mass: torch.Tensor) -> torch.Tensor:
-    """(B, K) float32 additive attention bias log(m) of key slots with masses `mass` (B, K); slots with
-    mass 0 (dropped or padding, which the mask excludes anyway) get 0 instead of -inf."""
+def mass_bias(mass: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, K) float32 additive attention bias log(m) of key slots with masses `mass` (B, K), None for
+    None (nothing merged yet); slots with mass 0 (dropped or padding, which the mask excludes anyway)
+    get 0 instead of -inf."""
+    if mass is None:
+        return None
     return torch.where(mass > 0, torch.log(mass.clamp(min=1e-12)), 0.0)
