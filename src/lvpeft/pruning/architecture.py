@@ -3,7 +3,8 @@
 Nothing here assumes a Llama decoder: the language model only needs a `ModuleList` of decoder
 layers that receive `hidden_states` positionally and the causal mask, RoPE embeddings and cache as
 keyword arguments, which is how every decoder in transformers 5 is called (Llama, Mistral, Qwen2,
-Gemma, ...).
+Gemma, ...). Where a model keeps those parts (and whether its family is supported at all) comes from
+its family's description in `families.py`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+
+from .families import FAMILIES, FamilyDescription, describe_family, refused_list, supported_list
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
@@ -27,6 +30,7 @@ class LlavaParts:
         image_token_id: id of the placeholder token that image features replace.
         hidden_size: d, the language model's width.
         sliding_windows: per decoder layer, the sliding-window length or None for full attention.
+        family: the description the parts were found through (`families.py`).
     """
 
     backbone: nn.Module
@@ -35,6 +39,7 @@ class LlavaParts:
     image_token_id: int
     hidden_size: int
     sliding_windows: list[int | None]
+    family: FamilyDescription | None = None
 
     @property
     def num_layers(self) -> int:
@@ -49,38 +54,51 @@ class LlavaParts:
 
 
 def find_llava_parts(model: nn.Module) -> LlavaParts:
-    """Locate the backbone, decoder layers and image token of a LLaVA-like `model`.
+    """Locate the backbone, decoder layers and image token of a LLaVA-like `model`, through its
+    family's description (`families.FAMILIES`).
 
     Raises:
-        TypeError: the model is not LLaVA-like; the message names what is missing.
+        TypeError: the model's family is not described, is refused (the message says why), or lacks a
+            part its description names; the message names the class and what is missing.
     """
     name = type(model).__name__
-    backbone = model
-    if not _is_backbone(backbone):
-        backbone = getattr(model, "model", None)
-    if backbone is None or not _is_backbone(backbone):
-        missing = [a for a in ("vision_tower", "language_model") if not hasattr(backbone or model, a)]
+    family = describe_family(model)
+    if family is None:
+        raise TypeError(_unknown_family_message(model))
+    if not family.supported:
         raise TypeError(
-            "LVPruning needs a LLaVA-like model (e.g. transformers' LlavaForConditionalGeneration), but "
-            f"{name} "
-            f"has no {' and no '.join(missing)} (looked on the model and on `model.model`). "
+            f"LVPruning does not support {family.name} models ({name}) yet: {family.refused}. "
+            f"Supported families: {supported_list()}."
+        )
+    backbone = model
+    if not _is_backbone(backbone, family):
+        backbone = getattr(model, "model", None)
+    if backbone is None or not _is_backbone(backbone, family):
+        wanted = (family.vision_attr, family.language_attr)
+        missing = [a for a in wanted if not hasattr(backbone or model, a)]
+        raise TypeError(
+            f"LVPruning needs a LLaVA-like model; {name} is a {family.name} model, but it has no "
+            f"{' and no '.join(missing)} (looked on the model and on `model.model`). "
             "Load the multimodal model class, not its language model alone."
         )
     config = getattr(model, "config", None)
-    image_token_id = getattr(config, "image_token_id", None)
+    image_token_id = None
+    for key in family.image_token_keys:
+        image_token_id = getattr(config, key, None)
+        if image_token_id is not None:
+            break
     if image_token_id is None:
-        image_token_id = getattr(config, "image_token_index", None)
-    if image_token_id is None:
+        keys = " nor ".join(f"`{k}`" for k in family.image_token_keys)
         raise TypeError(
             f"LVPruning needs to know which token is the image placeholder, but {name}.config has no "
-            "`image_token_id` (nor `image_token_index`). Set it on the config."
+            f"{keys}. Set it on the config."
         )
-    language_model = backbone.language_model
-    layers = getattr(language_model, "layers", None)
+    language_model = getattr(backbone, family.language_attr)
+    layers = getattr(language_model, family.layers_attr, None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         raise TypeError(
-            f"LVPruning needs the language model's decoder layers as a ModuleList `layers`, but "
-            f"{type(language_model).__name__} has none."
+            f"LVPruning needs the language model's decoder layers as a ModuleList `{family.layers_attr}`, "
+            f"but {type(language_model).__name__} has none."
         )
     text_config = language_model.config
     hidden_size = getattr(text_config, "hidden_size", None)
@@ -95,6 +113,7 @@ def find_llava_parts(model: nn.Module) -> LlavaParts:
         image_token_id=int(image_token_id),
         hidden_size=int(hidden_size),
         sliding_windows=_sliding_windows(text_config, len(layers)),
+        family=family,
     )
 
 
@@ -108,8 +127,39 @@ def check_attention(parts: LlavaParts) -> None:
         )
 
 
-def _is_backbone(module: nn.Module | None) -> bool:
-    return module is not None and hasattr(module, "vision_tower") and hasattr(module, "language_model")
+def _is_backbone(module: nn.Module | None, family: FamilyDescription) -> bool:
+    return (
+        module is not None and hasattr(module, family.vision_attr) and hasattr(module, family.language_attr)
+    )
+
+
+def _unknown_family_message(model: nn.Module) -> str:
+    """Why `model` is refused when no family description matches it: its class, the supported list, and
+    whether it looks like a language model alone (no vision encoder where any family keeps one)."""
+    name = type(model).__name__
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    message = (
+        f"LVPruning needs a LLaVA-like multimodal model of a described family, but {name}"
+        f"{f' (model_type {model_type!r})' if model_type else ''} is none of them. Supported families: "
+        f"{supported_list()}. Known and refused until they are exact: {refused_list()}."
+    )
+    places = [m for m in (model, getattr(model, "model", None)) if m is not None]
+    vision = sorted({f.vision_attr for f in FAMILIES}, key=lambda a: a != "vision_tower")
+    language = sorted({f.language_attr for f in FAMILIES}, key=lambda a: a != "language_model")
+    if not any(hasattr(m, a) for m in places for a in vision):
+        missing = f"no {vision[0]}"
+        others = vision[1:]
+        if not any(hasattr(m, a) for m in places for a in language):
+            missing += f" and no {language[0]}"
+            others += language[1:]
+        return (
+            f"{message} {name} has {missing} (nor {', '.join(others)}; looked on the model and on "
+            "`model.model`). Load the multimodal model class, not its language model alone."
+        )
+    return (
+        f"{message} If {name} is LLaVA-like, describe its family in `lvpeft.pruning.families.FAMILIES` "
+        "and check it with tests/test_families.py."
+    )
 
 
 def _sliding_windows(text_config: object, num_layers: int) -> list[int | None]:

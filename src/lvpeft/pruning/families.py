@@ -1,0 +1,223 @@
+"""What each multimodal model family looks like to LVPruning: one description per family.
+
+In the spirit of PEFT's per-model target-module mappings, `FAMILIES` is a table: where a family
+keeps its vision encoder and its language model, which config key holds the image placeholder
+token, how its decoder positions tokens (1-D RoPE or Qwen2-VL's M-RoPE) and what is known not to
+work yet. `architecture.find_llava_parts` resolves a model's parts through it, so supporting a new
+family is adding a description here (after checking it with `tests/test_families.py`), not an `if`
+in the pruning machinery.
+
+A description with `refused` set names a family that is known NOT to be exact yet (its own
+attention-mask rules or extra per-layer inputs do not follow the kept tokens); loading it raises
+with that reason instead of pruning it silently wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FamilyDescription:
+    """Where a multimodal family keeps the parts LVPruning needs, and what it needs.
+
+    Attributes:
+        name: the family's name in messages ("LLaVA", "Qwen2-VL", ...).
+        model_classes: transformers class names of the family (the `...ForConditionalGeneration`
+            class and its backbone `...Model`); subclasses match through their MRO.
+        model_types: the `config.model_type` values of the family (matched when no class does).
+        vision_attr: the backbone's attribute holding the vision encoder.
+        language_attr: the backbone's attribute holding the decoder stack (a `...Model`, not
+            `...ForCausalLM`).
+        layers_attr: the decoder stack's `ModuleList` of decoder layers.
+        image_token_keys: config keys of the image placeholder token id, tried in order.
+        positions: "rope" (1-D positions, `position_ids` (B, L)) or "mrope" (Qwen2-VL's 3-D
+            multimodal RoPE: the decoder receives the composed (B, L, d) cos/sin tables and 2-D text
+            `position_ids` or None, so gathering them per kept token is exact).
+        notes: what is checked, and known limits (e.g. video tokens are not pruned).
+        refused: None for a supported family; else why it is refused (raised at load time).
+    """
+
+    name: str
+    model_classes: tuple[str, ...]
+    model_types: tuple[str, ...] = ()
+    vision_attr: str = "vision_tower"
+    language_attr: str = "language_model"
+    layers_attr: str = "layers"
+    image_token_keys: tuple[str, ...] = ("image_token_id", "image_token_index")
+    positions: Literal["rope", "mrope"] = "rope"
+    notes: str = ""
+    refused: str | None = None
+
+    @property
+    def supported(self) -> bool:
+        """Whether LVPruning prunes this family (exactly: keep=1 == base, removal == masked)."""
+        return self.refused is None
+
+
+_VIDEO_NOTE = "video placeholder tokens are kept as language tokens (not pruned)."
+
+FAMILIES: tuple[FamilyDescription, ...] = (
+    FamilyDescription(
+        name="LLaVA",
+        model_classes=("LlavaForConditionalGeneration", "LlavaModel"),
+        model_types=("llava",),
+        notes="Llama, Qwen2 and Mistral decoders checked.",
+    ),
+    FamilyDescription(
+        name="LLaVA-NeXT",
+        model_classes=("LlavaNextForConditionalGeneration", "LlavaNextModel"),
+        model_types=("llava_next",),
+        notes="anyres tiles and several image sizes in a batch.",
+    ),
+    FamilyDescription(
+        name="LLaVA-NeXT-Video",
+        model_classes=("LlavaNextVideoForConditionalGeneration", "LlavaNextVideoModel"),
+        model_types=("llava_next_video",),
+        notes=_VIDEO_NOTE,
+    ),
+    FamilyDescription(
+        name="LLaVA-OneVision",
+        model_classes=("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionModel"),
+        model_types=("llava_onevision",),
+        notes=_VIDEO_NOTE,
+    ),
+    FamilyDescription(
+        name="VipLlava",
+        model_classes=("VipLlavaForConditionalGeneration", "VipLlavaModel"),
+        model_types=("vipllava",),
+    ),
+    FamilyDescription(
+        name="Mistral3",
+        model_classes=("Mistral3ForConditionalGeneration", "Mistral3Model"),
+        model_types=("mistral3",),
+    ),
+    FamilyDescription(
+        name="InternVL",
+        model_classes=("InternVLForConditionalGeneration", "InternVLModel"),
+        model_types=("internvl",),
+    ),
+    FamilyDescription(
+        name="AyaVision",
+        model_classes=("AyaVisionForConditionalGeneration", "AyaVisionModel"),
+        model_types=("aya_vision",),
+    ),
+    FamilyDescription(
+        name="Qwen2-VL",
+        model_classes=("Qwen2VLForConditionalGeneration", "Qwen2VLModel"),
+        model_types=("qwen2_vl",),
+        vision_attr="visual",
+        image_token_keys=("image_token_id",),
+        positions="mrope",
+        notes=_VIDEO_NOTE,
+    ),
+    FamilyDescription(
+        name="Qwen2.5-VL",
+        model_classes=("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"),
+        model_types=("qwen2_5_vl",),
+        vision_attr="visual",
+        image_token_keys=("image_token_id",),
+        positions="mrope",
+        notes=_VIDEO_NOTE,
+    ),
+    FamilyDescription(
+        name="Idefics3",
+        model_classes=("Idefics3ForConditionalGeneration", "Idefics3Model"),
+        model_types=("idefics3",),
+        vision_attr="vision_model",
+        language_attr="text_model",
+        image_token_keys=("image_token_id",),
+    ),
+    FamilyDescription(
+        name="SmolVLM",
+        model_classes=("SmolVLMForConditionalGeneration", "SmolVLMModel"),
+        model_types=("smolvlm",),
+        vision_attr="vision_model",
+        language_attr="text_model",
+        image_token_keys=("image_token_id",),
+    ),
+    # -- known not to be exact yet: refused with the reason ---------------------------------------
+    FamilyDescription(
+        name="Gemma 3",
+        model_classes=("Gemma3ForConditionalGeneration", "Gemma3Model"),
+        model_types=("gemma3",),
+        refused=(
+            "its own attention mask (bidirectional attention among the tokens of an image, from "
+            "`token_type_ids`) would be replaced by a plain causal one after the first pruning module, "
+            "so even keep=1 differs from the base model"
+        ),
+    ),
+    FamilyDescription(
+        name="PaliGemma",
+        model_classes=("PaliGemmaForConditionalGeneration", "PaliGemmaModel"),
+        model_types=("paligemma",),
+        refused=(
+            "its own prefix-LM attention mask (bidirectional over the image and prompt prefix) would be "
+            "replaced by a plain causal one after the first pruning module, so even keep=1 differs from "
+            "the base model (and sdpa's causal fast path would let pruned layers attend to the future)"
+        ),
+    ),
+    FamilyDescription(
+        name="Qwen3-VL",
+        model_classes=(
+            "Qwen3VLForConditionalGeneration",
+            "Qwen3VLModel",
+            "Qwen3VLMoeForConditionalGeneration",
+            "Qwen3VLMoeModel",
+        ),
+        model_types=("qwen3_vl", "qwen3_vl_moe"),
+        vision_attr="visual",
+        image_token_keys=("image_token_id",),
+        positions="mrope",
+        refused=(
+            "DeepStack adds vision features to early decoder layers through `visual_pos_masks` over the "
+            "full input length, which no longer fits the sequence once tokens are removed (IndexError at "
+            "inference, while masked training runs)"
+        ),
+    ),
+    FamilyDescription(
+        name="Llama 4",
+        model_classes=("Llama4ForConditionalGeneration",),
+        model_types=("llama4",),
+        vision_attr="vision_model",
+        refused=(
+            "it has not been checked (its language model is a `Llama4ForCausalLM` with chunked and "
+            "no-RoPE layers, and no tiny test covers it yet)"
+        ),
+    ),
+)
+
+
+def supported_families() -> tuple[FamilyDescription, ...]:
+    """The families LVPruning prunes, in table order."""
+    return tuple(f for f in FAMILIES if f.supported)
+
+
+def describe_family(model: nn.Module) -> FamilyDescription | None:
+    """The description of `model`'s family, or None if no description matches.
+
+    Matches the class names of `type(model)`'s MRO (so subclasses match) against `model_classes`, then
+    `model.config.model_type` against `model_types`.
+    """
+    by_class = {c: f for f in FAMILIES for c in f.model_classes}
+    for cls in type(model).__mro__:
+        if cls.__name__ in by_class:
+            return by_class[cls.__name__]
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    return None
+
+
+def supported_list() -> str:
+    """The supported families and their classes, for messages."""
+    return "; ".join(f"{f.name} ({f.model_classes[0]})" for f in supported_families())
+
+
+def refused_list() -> str:
+    """The refused families, for messages."""
+    return ", ".join(f.name for f in FAMILIES if not f.supported)

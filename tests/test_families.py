@@ -1,0 +1,532 @@
+"""Every described family (`lvpeft.pruning.families`), on a tiny random model built from its config.
+
+Per supported family (eager and sdpa where marked): the adapter loads through the family's
+description; adapter disabled == base, bit for bit; keep=1 == base (<= 1e-5); removal == the masked
+reference (<= 1e-5; left-padded prefill and a 5-step greedy generate, right-padded prefill); batched ==
+one by one; a late layer's KV cache holds fewer slots than the base's; training gradients reach the
+decision modules only. Qwen2-VL family: video tokens stay, image tokens are pruned exactly (M-RoPE).
+Refused families and unknown classes get an error that names them and says why.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+import torch
+import transformers as tf
+from transformers import DynamicCache
+
+from helpers import randomize_heads
+from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
+from lvpeft.pruning.architecture import find_llava_parts
+from lvpeft.pruning.families import FAMILIES, describe_family, supported_families
+
+VOCAB, IMAGE, VIDEO, VISION_START, PAD = 128, 120, 121, 122, 0
+
+
+def _text(**kwargs) -> dict:
+    config = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=512,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return {**config, **kwargs}
+
+
+def _vision(**kwargs) -> dict:
+    config = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    return {**config, **kwargs}
+
+
+def _qwen_vl(version: str) -> tuple[type, tf.PretrainedConfig]:
+    text = _text(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]})
+    tokens = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START)
+    shape = dict(depth=1, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
+    if version == "2":
+        vision = dict(embed_dim=32, hidden_size=64, mlp_ratio=2, **shape)
+        return tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLConfig(
+            text_config=text, vision_config=vision, **tokens
+        )
+    vision = dict(
+        hidden_size=32,
+        out_hidden_size=64,
+        intermediate_size=64,
+        window_size=16,
+        fullatt_block_indexes=[0],
+        **shape,
+    )
+    return tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, **tokens
+    )
+
+
+def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
+    """The model class and a tiny config of each family (1 vision layer, 4 decoder layers, 64 wide)."""
+    backbones = {
+        "llava-llama": tf.LlamaConfig,
+        "llava-qwen2": tf.Qwen2Config,
+        "llava-mistral": tf.MistralConfig,
+    }
+    if family in backbones:
+        text = backbones[family]
+        return tf.LlavaForConditionalGeneration, tf.LlavaConfig(
+            vision_config=tf.CLIPVisionConfig(**_vision()),
+            text_config=text(**_text()),
+            image_token_index=IMAGE,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+        )
+    if family == "llava-next":
+        return tf.LlavaNextForConditionalGeneration, tf.LlavaNextConfig(
+            vision_config=tf.CLIPVisionConfig(**_vision()),
+            text_config=tf.MistralConfig(**_text()),
+            image_token_index=IMAGE,
+            image_grid_pinpoints=[[32, 32], [32, 64]],
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+        )
+    if family == "llava-next-video":
+        return tf.LlavaNextVideoForConditionalGeneration, tf.LlavaNextVideoConfig(
+            vision_config=tf.CLIPVisionConfig(**_vision()),
+            text_config=tf.MistralConfig(**_text()),
+            image_token_index=IMAGE,
+            video_token_index=VIDEO,
+            image_grid_pinpoints=[[32, 32], [32, 64]],
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+        )
+    if family == "vipllava":
+        return tf.VipLlavaForConditionalGeneration, tf.VipLlavaConfig(
+            vision_config=tf.CLIPVisionConfig(**_vision(num_hidden_layers=2)),
+            text_config=tf.LlamaConfig(**_text()),
+            image_token_index=IMAGE,
+            vision_feature_layers=[-2, -1],
+        )
+    if family == "llava-onevision":
+        return tf.LlavaOnevisionForConditionalGeneration, tf.LlavaOnevisionConfig(
+            vision_config=tf.SiglipVisionConfig(**_vision()),
+            text_config=tf.Qwen2Config(**_text()),
+            image_token_index=IMAGE,
+            video_token_index=VIDEO,
+            image_grid_pinpoints=[[32, 32]],
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        )
+    if family == "mistral3":
+        vision = tf.PixtralVisionConfig(**_vision(image_size=64, head_dim=16))
+        return tf.Mistral3ForConditionalGeneration, tf.Mistral3Config(
+            vision_config=vision,
+            text_config=tf.MistralConfig(**_text()),
+            image_token_index=IMAGE,
+            spatial_merge_size=2,
+            vision_feature_layer=-1,
+        )
+    if family == "internvl":
+        vision = tf.InternVLVisionConfig(**_vision(image_size=[32, 32], patch_size=[4, 4]))
+        return tf.InternVLForConditionalGeneration, tf.InternVLConfig(
+            vision_config=vision,
+            text_config=tf.Qwen2Config(**_text()),
+            image_token_id=IMAGE,
+            downsample_ratio=0.5,
+            vision_feature_layer=-1,
+        )
+    if family == "aya-vision":
+        return tf.AyaVisionForConditionalGeneration, tf.AyaVisionConfig(
+            vision_config=tf.SiglipVisionConfig(**_vision(patch_size=4)),
+            text_config=tf.Cohere2Config(**_text()),
+            image_token_index=IMAGE,
+            downsample_factor=2,
+            vision_feature_layer=-1,
+        )
+    if family == "qwen2-vl":
+        return _qwen_vl("2")
+    if family == "qwen2.5-vl":
+        return _qwen_vl("2.5")
+    if family in ("idefics3", "smolvlm"):
+        idefics = family == "idefics3"
+        vision = (tf.Idefics3VisionConfig if idefics else tf.SmolVLMVisionConfig)(**_vision(patch_size=4))
+        config = (tf.Idefics3Config if idefics else tf.SmolVLMConfig)(
+            vision_config=vision, text_config=tf.LlamaConfig(**_text()), image_token_id=IMAGE, scale_factor=2
+        )
+        model = tf.Idefics3ForConditionalGeneration if idefics else tf.SmolVLMForConditionalGeneration
+        return model, config
+    raise ValueError(family)
+
+
+# family -> (description name, image tokens per image)
+CASES = {
+    "llava-llama": ("LLaVA", 16),
+    "llava-qwen2": ("LLaVA", 16),
+    "llava-mistral": ("LLaVA", 16),
+    "llava-next": ("LLaVA-NeXT", 36),
+    "llava-next-video": ("LLaVA-NeXT-Video", 36),
+    "llava-onevision": ("LLaVA-OneVision", 36),
+    "vipllava": ("VipLlava", 16),
+    "mistral3": ("Mistral3", 16),
+    "internvl": ("InternVL", 16),
+    "aya-vision": ("AyaVision", 16),
+    "qwen2-vl": ("Qwen2-VL", 16),
+    "qwen2.5-vl": ("Qwen2.5-VL", 16),
+    "idefics3": ("Idefics3", 16),
+    "smolvlm": ("SmolVLM", 16),
+}
+
+
+ATTENTION = ["eager", "sdpa"]
+
+
+def tiny_model(family: str, attn: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+    """A random tiny model of `family`, in eval mode."""
+    model_class, config = _config(family)
+    for part in (config, config.text_config, config.vision_config):
+        part._attn_implementation = attn
+    torch.manual_seed(seed)
+    return model_class(config).eval()
+
+
+def _pixels(family: str, images: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    if family in (
+        "llava-next",
+        "llava-next-video",
+        "llava-onevision",
+    ):  # base image and one anyres tile per image
+        return {
+            "pixel_values": torch.randn(images, 2, 3, 32, 32, generator=g),
+            "image_sizes": torch.tensor([[32, 32]] * images),
+        }
+    if family == "mistral3":
+        return {
+            "pixel_values": torch.randn(images, 3, 64, 64, generator=g),
+            "image_sizes": torch.tensor([[64, 64]] * images),
+        }
+    if family.startswith("qwen"):  # 8x8 patches of 4 px, 2 frames, merged 2x2: 16 tokens per image
+        return {
+            "pixel_values": torch.randn(images * 64, 3 * 2 * 4 * 4, generator=g),
+            "image_grid_thw": torch.tensor([[1, 8, 8]] * images),
+        }
+    if family in ("idefics3", "smolvlm"):
+        return {"pixel_values": torch.randn(images, 1, 3, 32, 32, generator=g)}
+    return {"pixel_values": torch.randn(images, 3, 32, 32, generator=g)}
+
+
+@cache
+def _inputs(family: str, rows: tuple[int, ...] = (0, 1), side: str = "left") -> dict[str, torch.Tensor]:
+    """Padded prompts of different lengths, one image each (`rows` picks some, with their images)."""
+    tokens = CASES[family][1]
+    prompts = [
+        [1, 5, 6, *[IMAGE] * tokens, 7, 8, 9, 10, 11],
+        [1, 12, 13, 14, 15, *[IMAGE] * tokens, 17, 18],
+    ]
+    prompts = [prompts[i] for i in rows]
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), PAD)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        start = length - len(p) if side == "left" else 0
+        ids[i, start : start + len(p)] = torch.tensor(p)
+        mask[i, start : start + len(p)] = 1
+    pixels = _pixels(family, 2)  # the same pixel values whichever rows are taken
+    per_image = 64 if family.startswith("qwen") else 1  # Qwen2-VL: 64 patch rows per image
+    for key, value in pixels.items():
+        step = per_image if key == "pixel_values" else 1
+        pixels[key] = torch.cat([value[i * step : (i + 1) * step] for i in rows])
+    out = {"input_ids": ids, "attention_mask": mask, **pixels}
+    if family.startswith("qwen"):
+        out["mm_token_type_ids"] = (ids == IMAGE).int()
+    return out
+
+
+def _inputs_copy(family: str, rows: tuple[int, ...] = (0, 1)) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in _inputs(family, rows).items()}
+
+
+@cache
+def _base_outputs(family: str, attn: str = "sdpa") -> tuple[torch.Tensor, list[int]]:
+    """The base model's prefill logits and per-layer KV-cache lengths."""
+    base = tiny_model(family, attn)
+    inputs = _inputs_copy(family)
+    cache_ = DynamicCache(config=base.config.get_text_config())
+    with torch.no_grad():
+        logits = base(**inputs, cache=cache_, use_cache=True).logits
+    return logits, [layer.keys.shape[-2] for layer in cache_.layers]
+
+
+def _pruned(family: str, keep: float = 0.25, attn: str = "sdpa") -> torch.nn.Module:
+    model = get_lvpruning_model(tiny_model(family, attn), LVPruningConfig(keep=keep))
+    randomize_heads(model)
+    return model.eval()
+
+
+GENERATE = dict(max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True)
+
+
+def _real_text(family: str) -> torch.Tensor:
+    inputs = _inputs(family)
+    return (inputs["input_ids"] != IMAGE) & inputs["attention_mask"].bool()
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_family_is_found_through_its_description(family: str) -> None:
+    model = tiny_model(family)
+    parts = find_llava_parts(model)
+    assert parts.family is not None and parts.family.name == CASES[family][0]
+    assert parts.image_token_id == IMAGE and parts.num_layers == 4 and parts.hidden_size == 64
+    assert describe_family(model) is parts.family
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+@pytest.mark.parametrize("family", list(CASES))
+def test_disabled_adapter_and_keep_one_equal_base(family: str, attn: str) -> None:
+    expected, _ = _base_outputs(family, attn)
+    real = _inputs(family)["attention_mask"].bool()
+    model = _pruned(family, attn=attn)
+    with torch.no_grad(), model.disable_adapter():
+        assert torch.equal(model(**_inputs_copy(family)).logits, expected)
+    with torch.no_grad():
+        got = _pruned(family, keep=1.0, attn=attn)(**_inputs_copy(family)).logits
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+@pytest.mark.parametrize("family", list(CASES))
+def test_removal_matches_masked_reference(family: str, attn: str) -> None:
+    model = _pruned(family, attn=attn)
+    tuner = lvpruning_tuner(model)
+    text = _real_text(family)
+    with torch.no_grad():
+        removed = model(**_inputs_copy(family)).logits
+        with tuner.masked_inference():
+            masked = model(**_inputs_copy(family)).logits
+        removed_gen = model.generate(**_inputs_copy(family), **GENERATE)
+        with tuner.masked_inference():
+            masked_gen = model.generate(**_inputs_copy(family), **GENERATE)
+    torch.testing.assert_close(removed[text], masked[text], atol=1e-5, rtol=0)
+    expected, _ = _base_outputs(family, attn)
+    assert not torch.allclose(removed[:, -1], expected[:, -1], atol=1e-3), "pruning had no effect"
+    assert torch.equal(removed_gen.sequences, masked_gen.sequences)
+    for a, b in zip(removed_gen.logits, masked_gen.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_right_padded_removal_matches_masked_reference(family: str) -> None:
+    model = _pruned(family)
+    inputs = _inputs(family, side="right")
+    with torch.no_grad():
+        removed = model(**{k: v.clone() for k, v in inputs.items()}).logits
+        with lvpruning_tuner(model).masked_inference():
+            masked = model(**{k: v.clone() for k, v in inputs.items()}).logits
+    text = (inputs["input_ids"] != IMAGE) & inputs["attention_mask"].bool()
+    torch.testing.assert_close(removed[text], masked[text], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_late_layer_kv_cache_is_pruned(family: str) -> None:
+    _, base_lengths = _base_outputs(family)
+    model = _pruned(family)
+    cache_ = DynamicCache(config=model.get_base_model().config.get_text_config())
+    with torch.no_grad():
+        model(**_inputs_copy(family), cache=cache_, use_cache=True)
+    lengths = [layer.keys.shape[-2] for layer in cache_.layers]
+    assert lengths[0] == base_lengths[0]
+    assert lengths[-1] < base_lengths[-1]
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_batched_equals_one_by_one(family: str) -> None:
+    model = _pruned(family)
+    length = _inputs(family)["input_ids"].shape[1]
+    with torch.no_grad():
+        batched = model(**_inputs_copy(family)).logits[:, -1]
+        tokens = model.generate(**_inputs_copy(family), max_new_tokens=5, do_sample=False)[:, length:]
+        for i in (0, 1):
+            single = _inputs_copy(family, (i,))
+            torch.testing.assert_close(model(**single).logits[0, -1], batched[i], atol=1e-5, rtol=0)
+            alone = model.generate(**single, max_new_tokens=5, do_sample=False)[
+                0, single["input_ids"].shape[1] :
+            ]
+            assert alone.tolist() == tokens[i].tolist()
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+def test_video_tokens_stay_and_images_are_pruned_exactly(family: str) -> None:
+    """A prompt with a video (2 frames: 32 tokens) and an image (16 tokens): only image tokens are pruned."""
+    ids = torch.tensor([[1, 5, *[VIDEO] * 32, 6, *[IMAGE] * 16, 7, 8, 9]])
+    g = torch.Generator().manual_seed(3)
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": torch.randn(64, 96, generator=g),
+        "image_grid_thw": torch.tensor([[1, 8, 8]]),
+        "pixel_values_videos": torch.randn(128, 96, generator=g),
+        "video_grid_thw": torch.tensor([[2, 8, 8]]),
+        "mm_token_type_ids": (ids == IMAGE).int() + 2 * (ids == VIDEO).int(),
+    }
+
+    def copy() -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in inputs.items()}
+
+    model = _pruned(family)
+    tuner = lvpruning_tuner(model)
+    cache_ = DynamicCache(config=model.get_base_model().config.get_text_config())
+    with torch.no_grad():
+        base = tiny_model(family)(**copy()).logits
+        same = _pruned(family, keep=1.0)(**copy()).logits
+        removed = model(**copy(), cache=cache_, use_cache=True).logits
+        with tuner.masked_inference():
+            masked = model(**copy()).logits
+        removed_gen = model.generate(**copy(), **GENERATE)
+        with tuner.masked_inference():
+            masked_gen = model.generate(**copy(), **GENERATE)
+    torch.testing.assert_close(same, base, atol=1e-5, rtol=0)
+    text = ids != IMAGE
+    torch.testing.assert_close(removed[text], masked[text], atol=1e-5, rtol=0)
+    assert torch.equal(removed_gen.sequences, masked_gen.sequences)
+    assert [layer.keys.shape[-2] for layer in cache_.layers] == [54, 48, 45, 42]  # 6 text + 32 video + kept
+    assert tuner.pruning_stats.keep_ratios == [10 / 16, 7 / 16, 4 / 16]
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_training_gradients_reach_the_modules_only(family: str) -> None:
+    model = get_lvpruning_model(tiny_model(family), LVPruningConfig(keep=0.25)).train()
+    inputs = _inputs_copy(family)
+    labels = inputs["input_ids"].clone()
+    labels[(inputs["attention_mask"] == 0) | (labels == IMAGE)] = -100
+    out = model(**inputs, labels=labels)
+    assert out.logits.shape[:2] == labels.shape  # training masks, removes nothing
+    (out.loss + lvpruning_tuner(model).pruning_stats.ratio_loss).backward()
+    heads = {n: p.grad for n, p in model.named_parameters() if ".head." in n and "lvpruning" in n}
+    assert heads and all(g is not None and g.abs().sum() > 0 for g in heads.values())
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert frozen and all(p.grad is None for p in frozen)
+
+
+def test_every_supported_family_is_tested() -> None:
+    assert {f.name for f in supported_families()} == {name for name, _ in CASES.values()}
+
+
+# -- refused and unknown ----------------------------------------------------------------------------
+
+
+class _Named(torch.nn.Module):
+    """A stand-in with a refused family's parts, looked up by class name like the real class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vision_tower = torch.nn.Identity()
+        self.visual = torch.nn.Identity()
+        self.vision_model = torch.nn.Identity()
+        self.language_model = torch.nn.Identity()
+
+
+REFUSED = {
+    "Gemma3ForConditionalGeneration": ("Gemma 3", "bidirectional attention among the tokens of an image"),
+    "PaliGemmaForConditionalGeneration": ("PaliGemma", "prefix-LM attention mask"),
+    "Qwen3VLForConditionalGeneration": ("Qwen3-VL", "DeepStack"),
+    "Qwen3VLMoeForConditionalGeneration": ("Qwen3-VL", "visual_pos_masks"),
+    "Llama4ForConditionalGeneration": ("Llama 4", "not been checked"),
+}
+
+
+@pytest.mark.parametrize("class_name", list(REFUSED))
+def test_refused_family_names_itself_and_why(class_name: str) -> None:
+    family, why = REFUSED[class_name]
+    model = type(class_name, (_Named,), {})()
+    with pytest.raises(
+        TypeError, match=rf"does not support {family} models \({class_name}\) yet: .*{why}"
+    ) as err:
+        get_lvpruning_model(model)
+    assert "Supported families: LLaVA (LlavaForConditionalGeneration)" in str(err.value)
+
+
+def _refused_tiny(family: str) -> torch.nn.Module:
+    """A tiny random model of a refused family, built from its config."""
+    vision = tf.SiglipVisionConfig(**_vision())
+    if family == "Gemma 3":
+        text = tf.Gemma3TextConfig(**_text(head_dim=16))
+        config = tf.Gemma3Config(
+            text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=IMAGE
+        )
+        return tf.Gemma3ForConditionalGeneration(config)
+    if family == "PaliGemma":
+        text = tf.GemmaConfig(**_text(head_dim=16))
+        config = tf.PaliGemmaConfig(text_config=text, vision_config=vision, image_token_index=IMAGE)
+        return tf.PaliGemmaForConditionalGeneration(config)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}
+    qwen_vision = dict(
+        depth=1,
+        hidden_size=32,
+        out_hidden_size=64,
+        num_heads=2,
+        intermediate_size=64,
+        patch_size=4,
+        deepstack_visual_indexes=[0],
+        num_position_embeddings=16,
+    )
+    config = tf.Qwen3VLConfig(
+        text_config=_text(head_dim=16, rope_parameters=rope),
+        vision_config=qwen_vision,
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+    )
+    return tf.Qwen3VLForConditionalGeneration(config)
+
+
+@pytest.mark.parametrize("family", ["Gemma 3", "PaliGemma", "Qwen3-VL"])
+def test_refused_tiny_model_from_its_config(family: str) -> None:
+    model = _refused_tiny(family)
+    name = type(model).__name__
+    with pytest.raises(TypeError, match=rf"does not support {family} models \({name}\) yet"):
+        get_lvpruning_model(model)
+    assert not any("lvpruning" in n for n, _ in model.named_modules()), "refused before touching the model"
+
+
+def test_unknown_multimodal_class_names_itself_and_the_supported_list() -> None:
+    model = type("MysteryVLMForConditionalGeneration", (_Named,), {})()
+    with pytest.raises(TypeError) as err:
+        get_lvpruning_model(model)
+    message = str(err.value)
+    assert "MysteryVLMForConditionalGeneration is none of them" in message
+    for family in supported_families():
+        assert f"{family.name} ({family.model_classes[0]})" in message
+    assert "Known and refused until they are exact: Gemma 3, PaliGemma, Qwen3-VL, Llama 4" in message
+    assert "describe its family in `lvpeft.pruning.families.FAMILIES`" in message
+
+
+def test_subclass_of_a_described_class_is_found() -> None:
+    model_class, config = _config("llava-llama")
+    model = type("MyLlava", (model_class,), {})(config)
+    assert find_llava_parts(model).family.name == "LLaVA"
+
+
+def test_descriptions_are_consistent() -> None:
+    names = [c for f in FAMILIES for c in f.model_classes]
+    assert len(names) == len(set(names)), "a class is described twice"
+    for family in FAMILIES:
+        assert family.positions in ("rope", "mrope")
+        assert family.supported == (family.refused is None)
+
+
+def test_described_model_without_its_parts_names_the_family_and_the_part() -> None:
+    model = tiny_model("qwen2-vl")
+    del model.model.visual
+    with pytest.raises(
+        TypeError, match=r"Qwen2VLForConditionalGeneration is a Qwen2-VL model, but it has no visual"
+    ):
+        get_lvpruning_model(model)
