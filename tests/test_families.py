@@ -530,3 +530,16 @@ def test_described_model_without_its_parts_names_the_family_and_the_part() -> No
         TypeError, match=r"Qwen2VLForConditionalGeneration is a Qwen2-VL model, but it has no visual"
     ):
         get_lvpruning_model(model)
+
+
+def test_precomputed_image_features_count_as_images() -> None:
+    """A forward that brings image features instead of pixels is pruned too, in every form a family
+    accepts them (Idefics3 / SmolVLM also take a plain tensor, their deprecated form)."""
+    from lvpeft.pruning.hooks import _has_image_inputs
+
+    assert _has_image_inputs({"pixel_values": torch.zeros(1, 3, 8, 8)})
+    assert _has_image_inputs({"mm_encoder_outputs": torch.zeros(1, 4, 8)})
+    assert _has_image_inputs({"mm_encoder_outputs": {"image": torch.zeros(1, 4, 8)}})
+    assert not _has_image_inputs({"mm_encoder_outputs": None})
+    assert not _has_image_inputs({"mm_encoder_outputs": {}})
+    assert not _has_image_inputs({})

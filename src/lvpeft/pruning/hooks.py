@@ -368,7 +368,9 @@ def _has_image_inputs(kwargs: dict) -> bool:
     """Whether this forward brings image features for its image tokens (pixels or precomputed outputs)."""
     if kwargs.get("pixel_values") is not None:
         return True
-    outputs = kwargs.get("mm_encoder_outputs") or {}
+    outputs = kwargs.get("mm_encoder_outputs")
+    if isinstance(outputs, torch.Tensor):  # Idefics3 / SmolVLM's deprecated form: the image features
+        return True
     return isinstance(outputs, dict) and outputs.get("image") is not None
 
 
