@@ -273,7 +273,9 @@ def _pruned(family: str, keep: float = 0.25, attn: str = "sdpa") -> torch.nn.Mod
     return model.eval()
 
 
-GENERATE = dict(max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True)
+GENERATE = dict(
+    max_new_tokens=20, min_new_tokens=20, do_sample=False, output_logits=True, return_dict_in_generate=True
+)
 
 
 def _real_text(family: str) -> torch.Tensor:
