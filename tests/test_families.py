@@ -545,3 +545,16 @@ def test_precomputed_image_features_count_as_images() -> None:
     assert not _has_image_inputs({"mm_encoder_outputs": None})
     assert not _has_image_inputs({"mm_encoder_outputs": {}})
     assert not _has_image_inputs({})
+
+
+def test_readme_families_table_is_generated_and_current() -> None:
+    """The README's family table is produced by scripts/update_families_table.py, not typed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "update_families_table.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
