@@ -48,7 +48,7 @@ from .decisions import (
     select_top_k,
 )
 from .masks import stage_attention_mask
-from .mass import mass_bias, merge_dropped
+from .mass import mass_bias, merge_stage
 from .plan import PruneMode, PruningPlan, PruningStats
 from .scorers.base_scorer import ScoringContext, query_attention
 from .state import STATE_ATTR, CacheState, ForwardContext, StageKeys, attach_state
@@ -279,20 +279,14 @@ class TokenPruner:
             ctx.soft_keep = ctx.soft_keep * decision
             ctx.decisions.append(ctx.soft_keep)
             ctx.keep_ratios.append(_mean_ratio(ctx.soft_keep.detach().sum(1), ctx.num_vision, has_vision))
-            if plan.merge_dropped and plan.ratios[stage] < 1.0:
-                kept_now = alive & (decision.detach() > 0.5)  # the hard decisions, as at inference
-                with record_function("lvpruning::merge"):
-                    mass = ctx.mass if ctx.mass is not None else ctx.valid.float()
-                    ctx.mass, hidden = merge_dropped(mass, hidden, alive & ~kept_now, kept_now)
+            kept_now = alive & (decision.detach() > 0.5)  # the hard decisions, as at inference
+            hidden = merge_stage(ctx, stage, hidden, alive & ~kept_now, kept_now)
             ctx.stage_keys[stage] = StageKeys(ctx.positions, ctx.valid, mass_bias(ctx.mass))
             return hidden
         with record_function("lvpruning::select"):
             kept = select_top_k(scores, candidates, keep)  # (B, L)
         ctx.keep_ratios.append(_mean_ratio(kept.sum(1), ctx.num_vision, has_vision))
-        if plan.merge_dropped and plan.ratios[stage] < 1.0:
-            with record_function("lvpruning::merge"):
-                mass = ctx.mass if ctx.mass is not None else ctx.valid.float()
-                ctx.mass, hidden = merge_dropped(mass, hidden, candidates & ~kept, kept)  # (B, L), (B, L, d)
+        hidden = merge_stage(ctx, stage, hidden, candidates & ~kept, kept)
         if plan.mode is PruneMode.MASK:
             ctx.alive = kept
             ctx.stage_keys[stage] = StageKeys(ctx.positions, text | kept, mass_bias(ctx.mass))

@@ -22,7 +22,9 @@ Shapes: B batch, L slots, d hidden size.
 from __future__ import annotations
 
 import torch
+from torch.profiler import record_function
 
+from .state import ForwardContext
 from .tokens import gather_slots, pack
 
 
@@ -103,6 +105,20 @@ def merge_dropped(
     new_hidden = flat.index_copy(0, rows, merged).view(batch, length, width).to(hidden.dtype)
     new_mass = torch.where(kept, total.view(batch, length), torch.where(dropped, 0.0, mass))
     return new_mass, new_hidden
+
+
+def merge_stage(
+    ctx: ForwardContext, stage: int, hidden: torch.Tensor, dropped: torch.Tensor, kept: torch.Tensor
+) -> torch.Tensor:
+    """If the forward's plan merges, merge module `stage`'s dropped (B, L) vision slots into its kept
+    ones (`merge_dropped`): updates `ctx.mass` and returns the (B, L, d) hidden states (as they are
+    otherwise, or when the module keeps everything)."""
+    if not ctx.plan.merge_dropped or ctx.plan.ratios[stage] >= 1.0:
+        return hidden
+    with record_function("lvpruning::merge"):
+        mass = ctx.mass if ctx.mass is not None else ctx.valid.float()
+        ctx.mass, hidden = merge_dropped(mass, hidden, dropped, kept)
+    return hidden
 
 
 def mass_bias(mass: torch.Tensor | None) -> torch.Tensor | None:

@@ -103,7 +103,7 @@ class ForwardContext:
     stage_kwargs: dict[tuple[int, int | None], dict[str, Any]] = field(default_factory=dict)
     removed: bool = False
     keep_ratios: list[float] = field(default_factory=list)
-    mass: torch.Tensor | None = None  # eval, proportional attention: (B, L) float32 original tokens per slot
+    mass: torch.Tensor | None = None  # merging: (B, L) float32 original tokens per slot (None: all 1)
     span: int = 0  # decode: original positions so far, this step's included (host-side: no tensor read)
 
 
