@@ -17,6 +17,23 @@ VOCAB = 128
 PATCHES = 16  # 32 px images, patch 8 -> 16 vision tokens per image
 
 
+def tiny_text_kwargs(**overrides) -> dict:
+    """Keyword arguments of a tiny decoder config (4 layers, 64 wide, vocabulary 128), with `overrides`."""
+    config = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=512,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return {**config, **overrides}
+
+
 def tiny_llava(
     backbone: str = "llama", attn: str = "eager", layers: int = 4, seed: int = 0, dtype=torch.float32
 ) -> LlavaForConditionalGeneration:
@@ -30,18 +47,7 @@ def tiny_llava(
         image_size=32,
         patch_size=8,
     )
-    text_kwargs = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=512,
-        pad_token_id=PAD,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    text_kwargs = tiny_text_kwargs(num_hidden_layers=layers)
     if backbone == "llama":
         text = LlamaConfig(**text_kwargs)
     elif backbone == "qwen2":

@@ -17,28 +17,12 @@ import torch
 import transformers as tf
 from transformers import DynamicCache
 
-from helpers import randomize_heads
+from helpers import randomize_heads, tiny_text_kwargs
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
 from lvpeft.pruning.architecture import find_llava_parts
 from lvpeft.pruning.families import FAMILIES, describe_family, supported_families
 
 VOCAB, IMAGE, VIDEO, VISION_START, PAD = 128, 120, 121, 122, 0
-
-
-def _text(**kwargs) -> dict:
-    config = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=512,
-        pad_token_id=PAD,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return {**config, **kwargs}
 
 
 def _vision(**kwargs) -> dict:
@@ -54,7 +38,9 @@ def _vision(**kwargs) -> dict:
 
 
 def _qwen_vl(version: str) -> tuple[type, tf.PretrainedConfig]:
-    text = _text(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]})
+    text = tiny_text_kwargs(
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}
+    )
     tokens = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START)
     shape = dict(depth=1, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
     if version == "2":
@@ -86,7 +72,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
         text = backbones[family]
         return tf.LlavaForConditionalGeneration, tf.LlavaConfig(
             vision_config=tf.CLIPVisionConfig(**_vision()),
-            text_config=text(**_text()),
+            text_config=text(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             vision_feature_layer=-1,
             vision_feature_select_strategy="default",
@@ -94,7 +80,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
     if family == "llava-next":
         return tf.LlavaNextForConditionalGeneration, tf.LlavaNextConfig(
             vision_config=tf.CLIPVisionConfig(**_vision()),
-            text_config=tf.MistralConfig(**_text()),
+            text_config=tf.MistralConfig(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             image_grid_pinpoints=[[32, 32], [32, 64]],
             vision_feature_layer=-1,
@@ -103,7 +89,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
     if family == "llava-next-video":
         return tf.LlavaNextVideoForConditionalGeneration, tf.LlavaNextVideoConfig(
             vision_config=tf.CLIPVisionConfig(**_vision()),
-            text_config=tf.MistralConfig(**_text()),
+            text_config=tf.MistralConfig(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             video_token_index=VIDEO,
             image_grid_pinpoints=[[32, 32], [32, 64]],
@@ -113,14 +99,14 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
     if family == "vipllava":
         return tf.VipLlavaForConditionalGeneration, tf.VipLlavaConfig(
             vision_config=tf.CLIPVisionConfig(**_vision(num_hidden_layers=2)),
-            text_config=tf.LlamaConfig(**_text()),
+            text_config=tf.LlamaConfig(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             vision_feature_layers=[-2, -1],
         )
     if family == "llava-onevision":
         return tf.LlavaOnevisionForConditionalGeneration, tf.LlavaOnevisionConfig(
             vision_config=tf.SiglipVisionConfig(**_vision()),
-            text_config=tf.Qwen2Config(**_text()),
+            text_config=tf.Qwen2Config(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             video_token_index=VIDEO,
             image_grid_pinpoints=[[32, 32]],
@@ -131,7 +117,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
         vision = tf.PixtralVisionConfig(**_vision(image_size=64, head_dim=16))
         return tf.Mistral3ForConditionalGeneration, tf.Mistral3Config(
             vision_config=vision,
-            text_config=tf.MistralConfig(**_text()),
+            text_config=tf.MistralConfig(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             spatial_merge_size=2,
             vision_feature_layer=-1,
@@ -140,7 +126,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
         vision = tf.InternVLVisionConfig(**_vision(image_size=[32, 32], patch_size=[4, 4]))
         return tf.InternVLForConditionalGeneration, tf.InternVLConfig(
             vision_config=vision,
-            text_config=tf.Qwen2Config(**_text()),
+            text_config=tf.Qwen2Config(**tiny_text_kwargs()),
             image_token_id=IMAGE,
             downsample_ratio=0.5,
             vision_feature_layer=-1,
@@ -148,7 +134,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
     if family == "aya-vision":
         return tf.AyaVisionForConditionalGeneration, tf.AyaVisionConfig(
             vision_config=tf.SiglipVisionConfig(**_vision(patch_size=4)),
-            text_config=tf.Cohere2Config(**_text()),
+            text_config=tf.Cohere2Config(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             downsample_factor=2,
             vision_feature_layer=-1,
@@ -161,7 +147,10 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
         idefics = family == "idefics3"
         vision = (tf.Idefics3VisionConfig if idefics else tf.SmolVLMVisionConfig)(**_vision(patch_size=4))
         config = (tf.Idefics3Config if idefics else tf.SmolVLMConfig)(
-            vision_config=vision, text_config=tf.LlamaConfig(**_text()), image_token_id=IMAGE, scale_factor=2
+            vision_config=vision,
+            text_config=tf.LlamaConfig(**tiny_text_kwargs()),
+            image_token_id=IMAGE,
+            scale_factor=2,
         )
         model = tf.Idefics3ForConditionalGeneration if idefics else tf.SmolVLMForConditionalGeneration
         return model, config
@@ -278,7 +267,7 @@ GENERATE = dict(
 )
 
 
-def _real_text(family: str) -> torch.Tensor:
+def _realtiny_text_kwargs(family: str) -> torch.Tensor:
     inputs = _inputs(family)
     return (inputs["input_ids"] != IMAGE) & inputs["attention_mask"].bool()
 
@@ -310,7 +299,7 @@ def test_disabled_adapter_and_keep_one_equal_base(family: str, attn: str) -> Non
 def test_removal_matches_masked_reference(family: str, attn: str) -> None:
     model = _pruned(family, attn=attn)
     tuner = lvpruning_tuner(model)
-    text = _real_text(family)
+    text = _realtiny_text_kwargs(family)
     with torch.no_grad():
         removed = model(**_inputs_copy(family)).logits
         with tuner.masked_inference():
@@ -461,13 +450,13 @@ def _refused_tiny(family: str) -> torch.nn.Module:
     """A tiny random model of a refused family, built from its config."""
     vision = tf.SiglipVisionConfig(**_vision())
     if family == "Gemma 3":
-        text = tf.Gemma3TextConfig(**_text(head_dim=16))
+        text = tf.Gemma3TextConfig(**tiny_text_kwargs(head_dim=16))
         config = tf.Gemma3Config(
             text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=IMAGE
         )
         return tf.Gemma3ForConditionalGeneration(config)
     if family == "PaliGemma":
-        text = tf.GemmaConfig(**_text(head_dim=16))
+        text = tf.GemmaConfig(**tiny_text_kwargs(head_dim=16))
         config = tf.PaliGemmaConfig(text_config=text, vision_config=vision, image_token_index=IMAGE)
         return tf.PaliGemmaForConditionalGeneration(config)
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}
@@ -482,7 +471,7 @@ def _refused_tiny(family: str) -> torch.nn.Module:
         num_position_embeddings=16,
     )
     config = tf.Qwen3VLConfig(
-        text_config=_text(head_dim=16, rope_parameters=rope),
+        text_config=tiny_text_kwargs(head_dim=16, rope_parameters=rope),
         vision_config=qwen_vision,
         image_token_id=IMAGE,
         video_token_id=VIDEO,
