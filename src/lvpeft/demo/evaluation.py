@@ -220,8 +220,8 @@ def make_pictures(
     """For the `settings.pictures` test scenes with the most shapes: two questions, the patches each
     module keeps for them, a PNG. Returns what was pictured (questions, answers, kept patches)."""
     from ..tuner.model import lvpruning_tuner
+    from .pictures import PictureRow, draw_kept_patches
     from .questions import make_example
-    from .report import PictureRow, draw_kept_patches
     from .scenes import SceneConfig
 
     config = SceneConfig()

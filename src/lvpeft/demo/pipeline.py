@@ -113,7 +113,8 @@ def run_demo(
         FileNotFoundError: no base model (see `load_base`).
     """
     from ..tuner.model import lvpruning_tuner
-    from .report import plot_accuracy_vs_keep, write_report
+    from .pictures import plot_accuracy_vs_keep
+    from .report import write_report
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
