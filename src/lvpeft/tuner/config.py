@@ -19,29 +19,8 @@ from ..pruning.placement import default_layers
 from .card import CardFacts, write_model_card
 from .flops import FlopsReport, estimate_flops
 from .layer import PAPER_PRUNER_DIM, resolve_pruner_dim
+from .recipes import RECIPES
 from .registration import PEFT_TYPE
-
-RECIPES: dict[str, dict[str, Any]] = {
-    "lvpeft": {
-        "distill_weight": 0.0,
-        "attention_distill_weight": 0.0,
-        "teacher_rank_weight": 1.0,
-        "training_decisions": "top_k",
-        "hide_answer_from_modules": True,
-        "merge_dropped": True,
-    },
-    "paper": {
-        "distill_weight": 0.0,
-        "attention_distill_weight": 0.0,
-        "teacher_rank_weight": 0.0,
-        "training_decisions": "gumbel",
-        "hide_answer_from_modules": False,
-        "merge_dropped": False,
-    },
-}
-"""The training recipes `LVPruningConfig.recipe` selects: the value of every recipe-dependent field left
-at None. "paper" is LVPruning as published (LM + keep-ratio loss, per-token Gumbel decisions, modules
-that see the answer); "lvpeft" is the library's default (see docs/recipe.md for the measurements)."""
 
 
 def _fail(name: str, value: object, valid: str) -> None:
