@@ -34,19 +34,18 @@ def tiny_text_kwargs(**overrides) -> dict:
     return {**config, **overrides}
 
 
+def tiny_vision_kwargs(**overrides) -> dict:
+    """Keyword arguments of a tiny vision-tower config (1 layer, 32 wide, 32 px images in 8 px patches)."""
+    config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    return {**config, "image_size": 32, "patch_size": 8, **overrides}
+
+
 def tiny_llava(
     backbone: str = "llama", attn: str = "eager", layers: int = 4, seed: int = 0, dtype=torch.float32
 ) -> LlavaForConditionalGeneration:
     """A random tiny LLaVA: CLIP 1x32 on 32 px images (16 tokens/image), 4-layer 64-wide decoder."""
     torch.manual_seed(seed)
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
+    vision = CLIPVisionConfig(**tiny_vision_kwargs())
     text_kwargs = tiny_text_kwargs(num_hidden_layers=layers)
     if backbone == "llama":
         text = LlamaConfig(**text_kwargs)

@@ -17,24 +17,12 @@ import torch
 import transformers as tf
 from transformers import DynamicCache
 
-from helpers import randomize_heads, tiny_text_kwargs
+from helpers import randomize_heads, tiny_text_kwargs, tiny_vision_kwargs
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
 from lvpeft.pruning.architecture import find_llava_parts
 from lvpeft.pruning.families import FAMILIES, describe_family, supported_families
 
 VOCAB, IMAGE, VIDEO, VISION_START, PAD = 128, 120, 121, 122, 0
-
-
-def _vision(**kwargs) -> dict:
-    config = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    return {**config, **kwargs}
 
 
 def _qwen_vl(version: str) -> tuple[type, tf.PretrainedConfig]:
@@ -71,7 +59,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
     if family in backbones:
         text = backbones[family]
         return tf.LlavaForConditionalGeneration, tf.LlavaConfig(
-            vision_config=tf.CLIPVisionConfig(**_vision()),
+            vision_config=tf.CLIPVisionConfig(**tiny_vision_kwargs()),
             text_config=text(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             vision_feature_layer=-1,
@@ -79,7 +67,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
         )
     if family == "llava-next":
         return tf.LlavaNextForConditionalGeneration, tf.LlavaNextConfig(
-            vision_config=tf.CLIPVisionConfig(**_vision()),
+            vision_config=tf.CLIPVisionConfig(**tiny_vision_kwargs()),
             text_config=tf.MistralConfig(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             image_grid_pinpoints=[[32, 32], [32, 64]],
@@ -88,7 +76,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
         )
     if family == "llava-next-video":
         return tf.LlavaNextVideoForConditionalGeneration, tf.LlavaNextVideoConfig(
-            vision_config=tf.CLIPVisionConfig(**_vision()),
+            vision_config=tf.CLIPVisionConfig(**tiny_vision_kwargs()),
             text_config=tf.MistralConfig(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             video_token_index=VIDEO,
@@ -98,14 +86,14 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
         )
     if family == "vipllava":
         return tf.VipLlavaForConditionalGeneration, tf.VipLlavaConfig(
-            vision_config=tf.CLIPVisionConfig(**_vision(num_hidden_layers=2)),
+            vision_config=tf.CLIPVisionConfig(**tiny_vision_kwargs(num_hidden_layers=2)),
             text_config=tf.LlamaConfig(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             vision_feature_layers=[-2, -1],
         )
     if family == "llava-onevision":
         return tf.LlavaOnevisionForConditionalGeneration, tf.LlavaOnevisionConfig(
-            vision_config=tf.SiglipVisionConfig(**_vision()),
+            vision_config=tf.SiglipVisionConfig(**tiny_vision_kwargs()),
             text_config=tf.Qwen2Config(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             video_token_index=VIDEO,
@@ -114,7 +102,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
             vision_feature_select_strategy="full",
         )
     if family == "mistral3":
-        vision = tf.PixtralVisionConfig(**_vision(image_size=64, head_dim=16))
+        vision = tf.PixtralVisionConfig(**tiny_vision_kwargs(image_size=64, head_dim=16))
         return tf.Mistral3ForConditionalGeneration, tf.Mistral3Config(
             vision_config=vision,
             text_config=tf.MistralConfig(**tiny_text_kwargs()),
@@ -123,7 +111,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
             vision_feature_layer=-1,
         )
     if family == "internvl":
-        vision = tf.InternVLVisionConfig(**_vision(image_size=[32, 32], patch_size=[4, 4]))
+        vision = tf.InternVLVisionConfig(**tiny_vision_kwargs(image_size=[32, 32], patch_size=[4, 4]))
         return tf.InternVLForConditionalGeneration, tf.InternVLConfig(
             vision_config=vision,
             text_config=tf.Qwen2Config(**tiny_text_kwargs()),
@@ -133,7 +121,7 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
         )
     if family == "aya-vision":
         return tf.AyaVisionForConditionalGeneration, tf.AyaVisionConfig(
-            vision_config=tf.SiglipVisionConfig(**_vision(patch_size=4)),
+            vision_config=tf.SiglipVisionConfig(**tiny_vision_kwargs(patch_size=4)),
             text_config=tf.Cohere2Config(**tiny_text_kwargs()),
             image_token_index=IMAGE,
             downsample_factor=2,
@@ -145,7 +133,8 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
         return _qwen_vl("2.5")
     if family in ("idefics3", "smolvlm"):
         idefics = family == "idefics3"
-        vision = (tf.Idefics3VisionConfig if idefics else tf.SmolVLMVisionConfig)(**_vision(patch_size=4))
+        vision_config = tf.Idefics3VisionConfig if idefics else tf.SmolVLMVisionConfig
+        vision = vision_config(**tiny_vision_kwargs(patch_size=4))
         config = (tf.Idefics3Config if idefics else tf.SmolVLMConfig)(
             vision_config=vision,
             text_config=tf.LlamaConfig(**tiny_text_kwargs()),
@@ -448,7 +437,7 @@ def test_refused_family_names_itself_and_why(class_name: str) -> None:
 
 def _refused_tiny(family: str) -> torch.nn.Module:
     """A tiny random model of a refused family, built from its config."""
-    vision = tf.SiglipVisionConfig(**_vision())
+    vision = tf.SiglipVisionConfig(**tiny_vision_kwargs())
     if family == "Gemma 3":
         text = tf.Gemma3TextConfig(**tiny_text_kwargs(head_dim=16))
         config = tf.Gemma3Config(
