@@ -25,7 +25,7 @@ import torch
 from torch.profiler import record_function
 
 from .state import ForwardContext
-from .tokens import gather_slots, pack
+from .tokens import flat_rows, gather_slots, pack
 
 
 def _assignments(
@@ -54,7 +54,7 @@ def nearest_kept(hidden: torch.Tensor, dropped: torch.Tensor, kept: torch.Tensor
     """(B, L) long: for every dropped slot, the kept slot whose hidden state is most cosine-similar to
     it (ties: the earliest); every other slot maps to itself.
 
-    Only dropped x kept similarities are computed (about 0.1 % of a 7B model's pruned prefill).
+    Only dropped x kept similarities are computed (about 0.03 % of LLaVA-1.5-7B's pruned prefill).
 
     Args:
         hidden: (B, L, d) hidden states.
@@ -88,10 +88,9 @@ def merge_dropped(
     """
     batch, length, width = hidden.shape
     sources, targets, assign = _assignments(hidden, dropped, kept)  # (B, Nd) each
-    offsets = torch.arange(batch, device=hidden.device)[:, None] * length
     spare = batch * length  # padding columns add into a spare row, cut off
-    source_rows = (sources + offsets).reshape(-1)
-    target_rows = torch.where(assign, targets + offsets, spare).reshape(-1)
+    source_rows = flat_rows(sources, length)  # (B*Nd,) rows of the flattened (B*L, d) states
+    target_rows = torch.where(assign.reshape(-1), flat_rows(targets, length), spare)
     moved = torch.where(assign, torch.gather(mass, 1, sources), 0.0).reshape(-1)  # (B*Nd,)
     own = torch.where(kept, mass, 0.0).reshape(-1)
     total = torch.cat([own, own.new_zeros(1)]).index_add_(0, target_rows, moved)[:spare]  # (B*L,)

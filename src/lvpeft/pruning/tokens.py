@@ -33,7 +33,7 @@ def pack(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return index.clamp(min=0), valid
 
 
-def _flat_rows(index: torch.Tensor, length: int) -> torch.Tensor:
+def flat_rows(index: torch.Tensor, length: int) -> torch.Tensor:
     """(B, K) slot indices -> (B*K,) row indices into the (B*length, ...) flattened tensor."""
     offsets = torch.arange(index.shape[0], device=index.device)[:, None] * length
     return (index + offsets).reshape(-1)
@@ -52,7 +52,7 @@ def gather_slots(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         rows = index.reshape(-1)
         flat = x[0]
     else:
-        rows = _flat_rows(index, x.shape[1])
+        rows = flat_rows(index, x.shape[1])
         flat = x.reshape(batch * x.shape[1], *rest)
     return flat.index_select(0, rows).view(batch, k, *rest)
 
@@ -68,7 +68,7 @@ def scatter_slots(
     batch, k = index.shape
     rest = values.shape[2:]
     spare = batch * length
-    rows = torch.where(valid.reshape(-1), _flat_rows(index, length), spare)
+    rows = torch.where(valid.reshape(-1), flat_rows(index, length), spare)
     out = values.new_zeros(spare + 1, *rest)
     out = out.index_copy(0, rows, values.reshape(batch * k, *rest))
     return out[:spare].view(batch, length, *rest)
