@@ -264,17 +264,6 @@ def test_attention_mask_that_is_not_2d() -> None:
         model(**{**INPUTS, "attention_mask": mask})
 
 
-def test_input_longer_than_the_sliding_window() -> None:
-    model = get_lvpruning_model(sliding_window_llava(8), LVPruningConfig(keep=0.25)).eval()
-    with (
-        pytest.raises(
-            NotImplementedError, match=r"sliding-window attention over sequences longer than the window \(8\)"
-        ),
-        torch.no_grad(),
-    ):
-        model(**INPUTS)
-
-
 def test_cache_crop_into_the_pruned_prompt() -> None:
     model = get_lvpruning_model(tiny_llava(), LVPruningConfig(keep=0.25)).eval()
     cache = DynamicCache(config=model.get_base_model().config.text_config)

@@ -23,6 +23,7 @@ from lvpeft.pruning.architecture import find_llava_parts
 from lvpeft.pruning.families import FAMILIES, describe_family, supported_families
 
 VOCAB, IMAGE, VIDEO, VISION_START, PAD = 128, 120, 121, 122, 0
+WINDOW = 8  # Gemma 3's sliding window: shorter than every prompt, so the window is exercised
 
 
 def _qwen_vl(version: str) -> tuple[type, tf.PretrainedConfig]:
@@ -34,6 +35,19 @@ def _qwen_vl(version: str) -> tuple[type, tf.PretrainedConfig]:
     if version == "2":
         vision = dict(embed_dim=32, hidden_size=64, mlp_ratio=2, **shape)
         return tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLConfig(
+            text_config=text, vision_config=vision, **tokens
+        )
+    if version == "3":  # DeepStack: vision layers 0-2's features are added after decoder layers 0-2
+        vision = dict(
+            hidden_size=32,
+            out_hidden_size=64,
+            intermediate_size=64,
+            deepstack_visual_indexes=[0, 1, 2],
+            num_position_embeddings=16,
+            **{**shape, "depth": 3},
+        )
+        text = {**text, "head_dim": 16}
+        return tf.Qwen3VLForConditionalGeneration, tf.Qwen3VLConfig(
             text_config=text, vision_config=vision, **tokens
         )
     vision = dict(
@@ -143,6 +157,24 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
         )
         model = tf.Idefics3ForConditionalGeneration if idefics else tf.SmolVLMForConditionalGeneration
         return model, config
+    if family == "gemma3":  # sliding-window layers with a window shorter than the prompts
+        text = tf.Gemma3TextConfig(
+            **tiny_text_kwargs(
+                head_dim=16, sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"] * 2
+            )
+        )
+        vision = tf.SiglipVisionConfig(**tiny_vision_kwargs())
+        return tf.Gemma3ForConditionalGeneration, tf.Gemma3Config(
+            text_config=text, vision_config=vision, mm_tokens_per_image=16, image_token_index=IMAGE
+        )
+    if family == "paligemma":
+        text = tf.GemmaConfig(**tiny_text_kwargs(head_dim=16))
+        vision = tf.SiglipVisionConfig(**tiny_vision_kwargs())
+        return tf.PaliGemmaForConditionalGeneration, tf.PaliGemmaConfig(
+            text_config=text, vision_config=vision, image_token_index=IMAGE, projection_dim=64
+        )
+    if family == "qwen3-vl":
+        return _qwen_vl("3")
     raise ValueError(family)
 
 
@@ -162,6 +194,9 @@ CASES = {
     "qwen2.5-vl": ("Qwen2.5-VL", 16),
     "idefics3": ("Idefics3", 16),
     "smolvlm": ("SmolVLM", 16),
+    "gemma3": ("Gemma 3", 16),
+    "paligemma": ("PaliGemma", 16),
+    "qwen3-vl": ("Qwen3-VL", 16),
 }
 
 
@@ -174,7 +209,10 @@ def tiny_model(family: str, attn: str = "sdpa", seed: int = 0) -> torch.nn.Modul
     for part in (config, config.text_config, config.vision_config):
         part._attn_implementation = attn
     torch.manual_seed(seed)
-    return model_class(config).eval()
+    model = model_class(config).eval()
+    if family == "gemma3":  # its init zeroes the projector: every image token would be the same
+        torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
+    return model
 
 
 def _pixels(family: str, images: int) -> dict[str, torch.Tensor]:
@@ -227,6 +265,10 @@ def _inputs(family: str, rows: tuple[int, ...] = (0, 1), side: str = "left") -> 
     out = {"input_ids": ids, "attention_mask": mask, **pixels}
     if family.startswith("qwen"):
         out["mm_token_type_ids"] = (ids == IMAGE).int()
+    if family == "gemma3":  # 1 marks image tokens: each image's tokens attend to each other both ways
+        out["token_type_ids"] = (ids == IMAGE).long()
+    if family == "paligemma":  # 0 marks the prefix (image and prompt), which attends both ways
+        out["token_type_ids"] = torch.zeros_like(ids)
     return out
 
 
@@ -281,6 +323,10 @@ def test_disabled_adapter_and_keep_one_equal_base(family: str, attn: str) -> Non
     with torch.no_grad():
         got = _pruned(family, keep=1.0, attn=attn)(**_inputs_copy(family)).logits
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
+    with torch.no_grad():  # one unpadded row: sdpa's causal fast path must not skip the family's own mask
+        alone = _pruned(family, keep=1.0, attn=attn)(**_inputs_copy(family, (0,))).logits
+        base_alone = tiny_model(family, attn)(**_inputs_copy(family, (0,))).logits
+    torch.testing.assert_close(alone, base_alone, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("attn", ATTENTION)
@@ -344,10 +390,14 @@ def test_batched_equals_one_by_one(family: str) -> None:
             assert alone.tolist() == tokens[i].tolist()
 
 
-@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
 def test_video_tokens_stay_and_images_are_pruned_exactly(family: str) -> None:
-    """A prompt with a video (2 frames: 32 tokens) and an image (16 tokens): only image tokens are pruned."""
-    ids = torch.tensor([[1, 5, *[VIDEO] * 32, 6, *[IMAGE] * 16, 7, 8, 9]])
+    """A prompt with a video (2 frames: 32 tokens) and an image (16 tokens): only image tokens are pruned.
+
+    Qwen3-VL separates a video's frames by timestamp text (one token here); its DeepStack features of
+    both the video and the image follow the kept tokens."""
+    video = [*[VIDEO] * 16, 4, *[VIDEO] * 16] if family == "qwen3-vl" else [VIDEO] * 32
+    ids = torch.tensor([[1, 5, *video, 6, *[IMAGE] * 16, 7, 8, 9]])
     g = torch.Generator().manual_seed(3)
     inputs = {
         "input_ids": ids,
@@ -378,7 +428,8 @@ def test_video_tokens_stay_and_images_are_pruned_exactly(family: str) -> None:
     text = ids != IMAGE
     torch.testing.assert_close(removed[text], masked[text], atol=1e-5, rtol=0)
     assert torch.equal(removed_gen.sequences, masked_gen.sequences)
-    assert [layer.keys.shape[-2] for layer in cache_.layers] == [54, 48, 45, 42]  # 6 text + 32 video + kept
+    unpruned = ids.shape[1] - 16  # text and video
+    assert [layer.keys.shape[-2] for layer in cache_.layers] == [unpruned + k for k in (16, 10, 7, 4)]
     assert tuner.pruning_stats.keep_ratios == [10 / 16, 7 / 16, 4 / 16]
 
 
@@ -395,6 +446,45 @@ def test_training_gradients_reach_the_modules_only(family: str) -> None:
     assert heads and all(g is not None and g.abs().sum() > 0 for g in heads.values())
     frozen = [p for p in model.parameters() if not p.requires_grad]
     assert frozen and all(p.grad is None for p in frozen)
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+def test_sliding_window_layers_past_the_window(attn: str) -> None:
+    """Every layer slides (Mistral-v0.1 style) with a window of 8 over 23-24 token prompts: keep=1 equals
+    the base and removal equals the masked reference through 20 decode steps, whose sliding caches keep
+    only their last 7 slots (the window counts original positions)."""
+    model_class, config = _config("llava-qwen2")
+    text = config.text_config
+    text.use_sliding_window, text.sliding_window = True, WINDOW
+    text.layer_types = ["sliding_attention"] * text.num_hidden_layers
+    for part in (config, text, config.vision_config):
+        part._attn_implementation = attn
+
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return model_class(config).eval()
+
+    with torch.no_grad():
+        expected = fresh()(**_inputs_copy("llava-qwen2")).logits
+        same = get_lvpruning_model(fresh(), LVPruningConfig(keep=1.0)).eval()(**_inputs_copy("llava-qwen2"))
+    model = get_lvpruning_model(fresh(), LVPruningConfig(keep=0.25))
+    randomize_heads(model)
+    model.eval()
+    tuner, text_slots = lvpruning_tuner(model), _realtiny_text_kwargs("llava-qwen2")
+    with torch.no_grad():
+        removed = model(**_inputs_copy("llava-qwen2")).logits
+        with tuner.masked_inference():
+            masked = model(**_inputs_copy("llava-qwen2")).logits
+        removed_gen = model.generate(**_inputs_copy("llava-qwen2"), **GENERATE)
+        with tuner.masked_inference():
+            masked_gen = model.generate(**_inputs_copy("llava-qwen2"), **GENERATE)
+    real = _inputs("llava-qwen2")["attention_mask"].bool()
+    torch.testing.assert_close(same.logits[real], expected[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(removed[text_slots], masked[text_slots], atol=1e-5, rtol=0)
+    assert not torch.allclose(removed[:, -1], expected[:, -1], atol=1e-3), "pruning had no effect"
+    assert torch.equal(removed_gen.sequences, masked_gen.sequences)
+    for a, b in zip(removed_gen.logits, masked_gen.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
 def test_every_supported_family_is_tested() -> None:
@@ -415,13 +505,7 @@ class _Named(torch.nn.Module):
         self.language_model = torch.nn.Identity()
 
 
-REFUSED = {
-    "Gemma3ForConditionalGeneration": ("Gemma 3", "bidirectional attention among the tokens of an image"),
-    "PaliGemmaForConditionalGeneration": ("PaliGemma", "prefix-LM attention mask"),
-    "Qwen3VLForConditionalGeneration": ("Qwen3-VL", "DeepStack"),
-    "Qwen3VLMoeForConditionalGeneration": ("Qwen3-VL", "visual_pos_masks"),
-    "Llama4ForConditionalGeneration": ("Llama 4", "not been checked"),
-}
+REFUSED = {"Llama4ForConditionalGeneration": ("Llama 4", "not been checked")}
 
 
 @pytest.mark.parametrize("class_name", list(REFUSED))
@@ -433,47 +517,6 @@ def test_refused_family_names_itself_and_why(class_name: str) -> None:
     ) as err:
         get_lvpruning_model(model)
     assert "Supported families: LLaVA (LlavaForConditionalGeneration)" in str(err.value)
-
-
-def _refused_tiny(family: str) -> torch.nn.Module:
-    """A tiny random model of a refused family, built from its config."""
-    vision = tf.SiglipVisionConfig(**tiny_vision_kwargs())
-    if family == "Gemma 3":
-        text = tf.Gemma3TextConfig(**tiny_text_kwargs(head_dim=16))
-        config = tf.Gemma3Config(
-            text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=IMAGE
-        )
-        return tf.Gemma3ForConditionalGeneration(config)
-    if family == "PaliGemma":
-        text = tf.GemmaConfig(**tiny_text_kwargs(head_dim=16))
-        config = tf.PaliGemmaConfig(text_config=text, vision_config=vision, image_token_index=IMAGE)
-        return tf.PaliGemmaForConditionalGeneration(config)
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}
-    qwen_vision = dict(
-        depth=1,
-        hidden_size=32,
-        out_hidden_size=64,
-        num_heads=2,
-        intermediate_size=64,
-        patch_size=4,
-        deepstack_visual_indexes=[0],
-        num_position_embeddings=16,
-    )
-    config = tf.Qwen3VLConfig(
-        text_config=tiny_text_kwargs(head_dim=16, rope_parameters=rope),
-        vision_config=qwen_vision,
-        image_token_id=IMAGE,
-        video_token_id=VIDEO,
-    )
-    return tf.Qwen3VLForConditionalGeneration(config)
-
-
-@pytest.mark.parametrize("family", ["Gemma 3", "PaliGemma", "Qwen3-VL"])
-def test_refused_tiny_model_from_its_config(family: str) -> None:
-    model = _refused_tiny(family)
-    name = type(model).__name__
-    with pytest.raises(TypeError, match=rf"does not support {family} models \({name}\) yet"):
-        get_lvpruning_model(model)
     assert not any("lvpruning" in n for n, _ in model.named_modules()), "refused before touching the model"
 
 
@@ -485,7 +528,7 @@ def test_unknown_multimodal_class_names_itself_and_the_supported_list() -> None:
     assert "MysteryVLMForConditionalGeneration is none of them" in message
     for family in supported_families():
         assert f"{family.name} ({family.model_classes[0]})" in message
-    assert "Known and refused until they are exact: Gemma 3, PaliGemma, Qwen3-VL, Llama 4" in message
+    assert "Known and refused until they are exact: Llama 4" in message
     assert "describe its family in `lvpeft.pruning.families.FAMILIES`" in message
 
 
@@ -501,6 +544,13 @@ def test_descriptions_are_consistent() -> None:
     for family in FAMILIES:
         assert family.positions in ("rope", "mrope")
         assert family.supported == (family.refused is None)
+
+
+def test_bidirectional_language_model_is_refused() -> None:
+    model = tiny_model("gemma3")
+    model.config.text_config.use_bidirectional_attention = True
+    with pytest.raises(TypeError, match=r"attends bidirectionally \(`use_bidirectional_attention=True`"):
+        get_lvpruning_model(model)
 
 
 def test_described_model_without_its_parts_names_the_family_and_the_part() -> None:

@@ -31,6 +31,8 @@ class LlavaParts:
         hidden_size: d, the language model's width.
         sliding_windows: per decoder layer, the sliding-window length or None for full attention.
         family: the description the parts were found through (`families.py`).
+        causal: the decoder's attention is causal when it gets no mask (False for PaliGemma's, which
+            attends both ways unless its mask says otherwise), so sdpa's causal fast path is exact.
     """
 
     backbone: nn.Module
@@ -40,6 +42,7 @@ class LlavaParts:
     hidden_size: int
     sliding_windows: list[int | None]
     family: FamilyDescription | None = None
+    causal: bool = True
 
     @property
     def num_layers(self) -> int:
@@ -101,6 +104,12 @@ def find_llava_parts(model: nn.Module) -> LlavaParts:
             f"but {type(language_model).__name__} has none."
         )
     text_config = language_model.config
+    causal = not getattr(text_config, "use_bidirectional_attention", False)
+    if not causal and family.attention_blocks != "prefix":  # PaliGemma's own mask makes it a prefix-LM
+        raise TypeError(
+            f"LVPruning prunes causal decoders, but {name}'s language model attends bidirectionally "
+            "(`use_bidirectional_attention=True`, an embedding model); load a generative checkpoint."
+        )
     hidden_size = getattr(text_config, "hidden_size", None)
     if hidden_size is None:
         raise TypeError(
@@ -114,6 +123,7 @@ def find_llava_parts(model: nn.Module) -> LlavaParts:
         hidden_size=int(hidden_size),
         sliding_windows=_sliding_windows(text_config, len(layers)),
         family=family,
+        causal=causal,
     )
 
 

@@ -7,9 +7,11 @@ work yet. `architecture.find_llava_parts` resolves a model's parts through it, s
 family is adding a description here (after checking it with `tests/test_families.py`), not an `if`
 in the pruning machinery.
 
-A description with `refused` set names a family that is known NOT to be exact yet (its own
-attention-mask rules or extra per-layer inputs do not follow the kept tokens); loading it raises
-with that reason instead of pruning it silently wrong.
+A family's own attention-mask rules (`attention_blocks`: Gemma 3's bidirectional image blocks,
+PaliGemma's prefix-LM) and extra per-layer inputs (`deepstack`: Qwen3-VL) are described here too, and the
+pruning machinery follows them over the kept tokens (`masks.py`, `hooks.py`). A description with
+`refused` set names a family that is known NOT to be exact yet; loading it raises with that reason
+instead of pruning it silently wrong.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ class FamilyDescription:
         positions: "rope" (1-D positions, `position_ids` (B, L)) or "mrope" (Qwen2-VL's 3-D
             multimodal RoPE: the decoder receives the composed (B, L, d) cos/sin tables and 2-D text
             `position_ids` or None, so gathering them per kept token is exact).
+        attention_blocks: the model's own exceptions to causal attention at prefill, read from the
+            `token_type_ids` the processor passes: "images" (Gemma 3: the tokens of one image attend to
+            each other both ways; a sliding window still applies) or "prefix" (PaliGemma: the image and
+            prompt prefix attends both ways, window or not); None for plain causal attention.
+        deepstack: the decoder adds vision features to the vision tokens' hidden states after its
+            first layers (Qwen3-VL's DeepStack, `_deepstack_process`); they follow the kept tokens.
         notes: what is checked, and known limits (e.g. video tokens are not pruned).
         refused: None for a supported family; else why it is refused (raised at load time).
     """
@@ -49,6 +57,8 @@ class FamilyDescription:
     layers_attr: str = "layers"
     image_token_keys: tuple[str, ...] = ("image_token_id", "image_token_index")
     positions: Literal["rope", "mrope"] = "rope"
+    attention_blocks: Literal["images", "prefix"] | None = None
+    deepstack: bool = False
     notes: str = ""
     refused: str | None = None
 
@@ -139,26 +149,19 @@ FAMILIES: tuple[FamilyDescription, ...] = (
         language_attr="text_model",
         image_token_keys=("image_token_id",),
     ),
-    # -- known not to be exact yet: refused with the reason ---------------------------------------
     FamilyDescription(
         name="Gemma 3",
         model_classes=("Gemma3ForConditionalGeneration", "Gemma3Model"),
         model_types=("gemma3",),
-        refused=(
-            "its own attention mask (bidirectional attention among the tokens of an image, from "
-            "`token_type_ids`) would be replaced by a plain causal one after the first pruning module, "
-            "so even keep=1 differs from the base model"
-        ),
+        attention_blocks="images",
+        notes="bidirectional image blocks and sliding-window layers past the window.",
     ),
     FamilyDescription(
         name="PaliGemma",
         model_classes=("PaliGemmaForConditionalGeneration", "PaliGemmaModel"),
         model_types=("paligemma",),
-        refused=(
-            "its own prefix-LM attention mask (bidirectional over the image and prompt prefix) would be "
-            "replaced by a plain causal one after the first pruning module, so even keep=1 differs from "
-            "the base model (and sdpa's causal fast path would let pruned layers attend to the future)"
-        ),
+        attention_blocks="prefix",
+        notes="prefix-LM attention over the image and prompt.",
     ),
     FamilyDescription(
         name="Qwen3-VL",
@@ -172,12 +175,10 @@ FAMILIES: tuple[FamilyDescription, ...] = (
         vision_attr="visual",
         image_token_keys=("image_token_id",),
         positions="mrope",
-        refused=(
-            "DeepStack adds vision features to early decoder layers through `visual_pos_masks` over the "
-            "full input length, which no longer fits the sequence once tokens are removed (IndexError at "
-            "inference, while masked training runs)"
-        ),
+        deepstack=True,
+        notes="DeepStack features follow the kept tokens; " + _VIDEO_NOTE,
     ),
+    # -- known not to be exact yet: refused with the reason ---------------------------------------
     FamilyDescription(
         name="Llama 4",
         model_classes=("Llama4ForConditionalGeneration",),

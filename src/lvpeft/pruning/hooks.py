@@ -47,7 +47,8 @@ from .decisions import (
     ratio_loss,
     select_top_k,
 )
-from .masks import stage_attention_mask
+from .deepstack import route_deepstack, unroute_deepstack
+from .masks import attention_blocks, stage_attention_mask
 from .mass import mass_bias, merge_stage
 from .plan import PruneMode, PruningPlan, PruningStats
 from .scorers.base_scorer import ScoringContext, query_attention
@@ -102,6 +103,8 @@ class TokenPruner:
         for i, layer in enumerate(self.parts.layers):
             self._handles.append(layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
         self._handles.append(self.parts.language_model.register_forward_hook(self._on_language_model_output))
+        if self.parts.family is not None and self.parts.family.deepstack:
+            route_deepstack(self.parts.language_model, lambda: self._ctx)
 
     def remove(self) -> None:
         """Remove every hook; the model is the base model again."""
@@ -109,6 +112,7 @@ class TokenPruner:
             handle.remove()
         self._handles.clear()
         self._ctx = None
+        unroute_deepstack(self.parts.language_model)
 
     # -- hooks ------------------------------------------------------------------------------------
 
@@ -166,6 +170,7 @@ class TokenPruner:
                 cache=cache,
                 soft_keep=vision.float() if plan.training else None,
                 unseen=self._unseen_slots(vision),
+                blocks=self._attention_blocks(kwargs),
             )
             return
         if state is None:
@@ -316,7 +321,14 @@ class TokenPruner:
         keys = ctx.stage_keys[stage]
         out: dict[str, Any] = {}
         out["attention_mask"] = stage_attention_mask(
-            ctx, keys, window, self.parts.attn_implementation, dtype, kwargs.get("attention_mask") is None
+            ctx,
+            keys,
+            window,
+            self.parts.attn_implementation,
+            dtype,
+            kwargs.get("attention_mask") is None,
+            blocks_within_window=self._family_blocks() != "prefix",
+            causal=self.parts.causal,
         )
         if not ctx.decode and ctx.removed:
             index = ctx.positions.clamp(min=0)
@@ -330,6 +342,14 @@ class TokenPruner:
         return out
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _family_blocks(self) -> str | None:
+        family = self.parts.family
+        return family.attention_blocks if family is not None else None
+
+    def _attention_blocks(self, kwargs: dict) -> torch.Tensor | None:
+        """The prefill's own bidirectional blocks (B, L_in), from its `token_type_ids` (`masks.py`)."""
+        return attention_blocks(self._family_blocks(), kwargs.get("token_type_ids"))
 
     def _unseen_slots(self, vision: torch.Tensor) -> torch.Tensor | None:
         """The `hidden_from_scorers` slots for this prefill, checked against its (B, L) shape."""

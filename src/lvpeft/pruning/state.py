@@ -104,6 +104,7 @@ class ForwardContext:
     removed: bool = False
     keep_ratios: list[float] = field(default_factory=list)
     mass: torch.Tensor | None = None  # merging: (B, L) float32 original tokens per slot (None: all 1)
+    blocks: torch.Tensor | None = None  # (B, L_in) long: the model's own bidirectional blocks (masks.py)
     span: int = 0  # decode: original positions so far, this step's included (host-side: no tensor read)
 
 
