@@ -50,6 +50,14 @@ def _qwen_vl(version: str) -> tuple[type, tf.PretrainedConfig]:
         return tf.Qwen3VLForConditionalGeneration, tf.Qwen3VLConfig(
             text_config=text, vision_config=vision, **tokens
         )
+    if version == "3-moe":  # the same, with a mixture-of-experts decoder (4 experts, 2 per token)
+        _, dense = _qwen_vl("3")
+        vision = {k: v for k, v in dense.vision_config.to_dict().items() if k != "model_type"}
+        text = {k: v for k, v in dense.text_config.to_dict().items() if k != "model_type"}
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+        return tf.Qwen3VLMoeForConditionalGeneration, tf.Qwen3VLMoeConfig(
+            text_config=text, vision_config=vision, **tokens
+        )
     vision = dict(
         hidden_size=32,
         out_hidden_size=64,
@@ -175,6 +183,8 @@ def _config(family: str) -> tuple[type, tf.PretrainedConfig]:
         )
     if family == "qwen3-vl":
         return _qwen_vl("3")
+    if family == "qwen3-vl-moe":
+        return _qwen_vl("3-moe")
     raise ValueError(family)
 
 
@@ -197,6 +207,7 @@ CASES = {
     "gemma3": ("Gemma 3", 16),
     "paligemma": ("PaliGemma", 16),
     "qwen3-vl": ("Qwen3-VL", 16),
+    "qwen3-vl-moe": ("Qwen3-VL", 16),
 }
 
 
@@ -390,13 +401,13 @@ def test_batched_equals_one_by_one(family: str) -> None:
             assert alone.tolist() == tokens[i].tolist()
 
 
-@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3-vl-moe"])
 def test_video_tokens_stay_and_images_are_pruned_exactly(family: str) -> None:
     """A prompt with a video (2 frames: 32 tokens) and an image (16 tokens): only image tokens are pruned.
 
     Qwen3-VL separates a video's frames by timestamp text (one token here); its DeepStack features of
     both the video and the image follow the kept tokens."""
-    video = [*[VIDEO] * 16, 4, *[VIDEO] * 16] if family == "qwen3-vl" else [VIDEO] * 32
+    video = [*[VIDEO] * 16, 4, *[VIDEO] * 16] if family.startswith("qwen3") else [VIDEO] * 32
     ids = torch.tensor([[1, 5, *video, 6, *[IMAGE] * 16, 7, 8, 9]])
     g = torch.Generator().manual_seed(3)
     inputs = {
