@@ -1,27 +1,29 @@
-"""Analytic FLOPs of a LLaVA model at prefill, without and with LVPruning.
+"""Analytic FLOPs of a multimodal model at prefill, without and with LVPruning.
 
-Counts one prefill forward pass (what `generate()` runs before the first new token) of a
-LLaVA-architecture model on `num_images` images and `text_tokens` language tokens, from its config
-alone: no weights, no forward pass. The pruned count adds the decision modules, which are also
-reported on their own.
+Counts one prefill forward pass (what `generate()` runs before the first new token) of a LLaVA-like
+model on `num_images` images of a given size and `text_tokens` language tokens, from its config alone:
+no weights, no forward pass. The pruned count adds the decision modules, which are also reported on
+their own. Families: LLaVA 1.5, VipLlava, LLaVA-NeXT (anyres), LLaVA-OneVision, Qwen2-VL and Qwen2.5-VL
+(dynamic resolution), Gemma 3, PaliGemma; others are refused with their name.
 
 Counting conventions (they reproduce the paper's FLOPs table within 1 %, see METHOD.md):
 
 - 2 FLOPs per multiply-add; only matrix products are counted (linear layers, the patch-embedding
   convolution, attention score and value products). Norms, activations, softmax, RoPE, residual
-  additions and biases are ignored: together they are well under 1 % of the total. This is also
-  what `torch.utils.flop_counter.FlopCounterMode` counts.
-- Vision tower (CLIP-style pre-norm ViT): patch-embedding convolution, then every encoder layer on
-  all its tokens (577 for CLIP-L/336, CLS included): q/k/v/o projections, n x n scores and values,
-  two-matrix MLP. ALL `num_hidden_layers` layers are counted, because transformers runs all of them
-  even when `vision_feature_layer=-2` reads the output of the second-to-last one (the last layer of
-  CLIP-L is 1/24 of the tower, ~16 GFLOPs or 0.2 % of LLaVA-1.5-7B). A CLS token is assumed for
-  CLIP towers only; extra heads of other towers (e.g. SigLIP's pooling head) are not counted.
-- Projector: Linear -> GELU -> Linear on the selected image features (576 per CLIP-L/336 image with
-  `vision_feature_select_strategy="default"`, which drops CLS).
+  additions, pooling and biases are ignored: together they are well under 1 % of the total. This is
+  also what `torch.utils.flop_counter.FlopCounterMode` counts.
+- Vision side: how many views and tokens each image becomes is `lvpeft.tuner.vision_tokens` (anyres
+  tiles with unpadding and newline tokens, Qwen's `smart_resize`, Gemma 3's pooled 256), the tower and
+  projector FLOPs per family are `lvpeft.tuner.vision_flops`. For LLaVA-1.5 (CLIP-L/336): the patch
+  embedding, then ALL 24 encoder layers on 577 tokens (CLS included; transformers runs every layer
+  even when `vision_feature_layer=-2` reads the second-to-last one: the last is ~16 GFLOPs, 0.2 % of
+  LLaVA-1.5-7B), and the Linear -> GELU -> Linear projector on the 576 selected features.
 - Decoder layer on n tokens: q/k/v/o projections (with `num_key_value_heads` and `head_dim`), the
   n x n score and value products counted in full although the mask is causal (the paper's formula
-  `2*(4nd^2 + 2n^2 d + 3ndm)` does the same), and the three-matrix SwiGLU MLP.
+  `2*(4nd^2 + 2n^2 d + 3ndm)` does the same), and the three-matrix gated MLP (SwiGLU; Gemma's GeGLU).
+  Sliding-window layers (Gemma 3: 5 of every 6, window 1,024; Mistral-v0.1) are counted in full in the
+  same way: for a prompt shorter than the window that is exact, for a longer one it is the causal
+  convention's upper bound. Gemma 3's bidirectional attention among image tokens does not change the count.
 - LM head: once, for the last position only (d x V), as `generate()` runs prefill
   (`logits_to_keep=1`). Counting it over every position would add ~0.16 TFLOPs to LLaVA-1.5-7B.
 - Pruning: the modules sit at `layers` (number of decoder layers before each). Layers before the
@@ -61,6 +63,8 @@ from transformers import PreTrainedConfig
 from ..pruning.decisions import keep_counts
 from ..pruning.placement import default_layers
 from .layer import PAPER_PRUNER_DIM, default_pruner_dim
+from .vision_flops import vision_side_flops
+from .vision_tokens import image_tokens
 
 _TERA = 1e12
 
@@ -92,7 +96,7 @@ class PartFlops:
 
 @dataclass(frozen=True)
 class FlopsReport:
-    """FLOPs of a LLaVA prefill pass, base vs pruned (see the module docstring for conventions)."""
+    """FLOPs of a multimodal prefill pass, base vs pruned (see the module docstring for conventions)."""
 
     base_tflops: float
     """Base model, TFLOPs."""
@@ -120,6 +124,14 @@ class FlopsReport:
     """Sequence length each decoder layer runs on in the pruned model."""
     pruner_dim: int | None = None
     """Inner width C of the modules (None when there are no modules)."""
+    family: str = ""
+    """The model family counted ("LLaVA", "LLaVA-NeXT", "Qwen2.5-VL", "Gemma 3", ...)."""
+    image_size: tuple[int, int] = (0, 0)
+    """(H, W) of each image, pixels (what the processor sees before resizing or tiling)."""
+    vision_tokens_per_image: int = 0
+    """Vision tokens one image becomes in the language model."""
+    resized_size: tuple[int, int] = (0, 0)
+    """(H, W) the processor resizes each image to (`lvpeft.tuner.vision_tokens.ImageTokens.resized`)."""
 
     @property
     def flops_reduction(self) -> float:
@@ -132,44 +144,20 @@ class FlopsReport:
         out["flops_reduction"] = self.flops_reduction
         out["base"] = self.base.to_dict()
         out["pruned"] = self.pruned.to_dict()
-        for key in ("module_tflops", "layers", "schedule", "kept_tokens", "decoder_tokens"):
+        for key in (
+            "module_tflops",
+            "layers",
+            "schedule",
+            "kept_tokens",
+            "decoder_tokens",
+            "image_size",
+            "resized_size",
+        ):
             out[key] = list(out[key])
         return out
 
 
 # -- per-part counts ----------------------------------------------------------------------------------
-
-
-def vision_tokens_per_image(config: PreTrainedConfig) -> tuple[int, int]:
-    """(tokens the vision tower runs on, tokens passed to the projector) for one image."""
-    vc = config.vision_config
-    patches = (vc.image_size // vc.patch_size) ** 2
-    cls = 1 if str(getattr(vc, "model_type", "")).startswith("clip") else 0
-    tower = patches + cls
-    strategy = getattr(config, "vision_feature_select_strategy", "default")
-    return tower, tower - 1 if strategy == "default" else tower
-
-
-def vision_tower_flops(config: PreTrainedConfig) -> int:
-    """FLOPs of the vision tower on one image: patch embedding plus every encoder layer."""
-    vc = config.vision_config
-    n, _ = vision_tokens_per_image(config)
-    d, m = vc.hidden_size, vc.intermediate_size
-    patches = (vc.image_size // vc.patch_size) ** 2
-    embed = 2 * patches * d * getattr(vc, "num_channels", 3) * vc.patch_size**2
-    per_layer = 2 * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
-    return embed + vc.num_hidden_layers * per_layer
-
-
-def projector_flops(config: PreTrainedConfig) -> int:
-    """FLOPs of the Linear -> GELU -> Linear projector on one image's selected features."""
-    _, n = vision_tokens_per_image(config)
-    feature_layers = config.vision_feature_layer
-    width_in = config.vision_config.hidden_size * (
-        1 if isinstance(feature_layers, int) else len(feature_layers)
-    )
-    d = config.text_config.hidden_size
-    return 2 * n * (width_in * d + d * d)
 
 
 def decoder_layer_flops(text_config: PreTrainedConfig, n: int) -> int:
@@ -279,12 +267,16 @@ def estimate_flops(
     pruner_blocks: int = 2,
     pruner_ffn_mult: int = 2,
     num_images: int = 1,
+    image_size: tuple[int, int] | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ) -> FlopsReport:
-    """Prefill FLOPs of a LLaVA model on `num_images` images + `text_tokens` tokens, base vs pruned.
+    """Prefill FLOPs of a multimodal model on `num_images` images + `text_tokens` tokens, base vs pruned.
 
     Args:
-        config: a `LlavaConfig` (or any config with LLaVA's `vision_config`, `text_config`,
-            `vision_feature_layer` and `vision_feature_select_strategy`; one tile per image).
+        config: the multimodal model's config, of a family `lvpeft.tuner.vision_tokens.FLOPS_FAMILIES`
+            lists (`LlavaConfig`, `LlavaNextConfig`, `LlavaOnevisionConfig`, `Qwen2VLConfig`,
+            `Qwen2_5_VLConfig`, `Gemma3Config`, `PaliGemmaConfig`, ...).
         text_tokens: T, language (non-vision) tokens in the prompt.
         layers: module positions, as decoder layers before each module (paper: [1, 8, 16]).
             None with a `schedule` uses the adapter's default placement (`lvpeft.pruning.placement`).
@@ -295,12 +287,20 @@ def estimate_flops(
         pruner_heads: heads per block (only checked: C must be divisible by it).
         pruner_blocks: cross-attention blocks per module.
         pruner_ffn_mult: FFN expansion of each block.
-        num_images: images in the prompt; ratios apply to all their vision tokens together.
+        num_images: images in the prompt, all of `image_size`; ratios apply to all their vision tokens
+            together.
+        image_size: (H, W) of each image in pixels, for the families whose token count depends on it
+            (LLaVA-NeXT / OneVision tiles, Qwen2-VL dynamic resolution); None: 672 x 672
+            (`lvpeft.tuner.vision_tokens.DEFAULT_IMAGE_SIZE`). Fixed-size families resize every image.
+        min_pixels, max_pixels: Qwen2-VL family only, the image processor's pixel bounds (default: the
+            public checkpoints' 3,136 and 12,845,056).
 
     Raises:
-        ValueError: a position past the decoder's depth, a schedule whose length differs from
-            `layers`, a ratio outside (0, 1], or another invalid argument (the message names it).
+        ValueError: a family that is not counted (named), a position past the decoder's depth, a
+            schedule whose length differs from `layers`, a ratio outside (0, 1], or another invalid
+            argument (the message names it).
     """
+    image = image_tokens(config, image_size, min_pixels=min_pixels, max_pixels=max_pixels)  # family first
     tc = config.text_config
     _check_positive_int("text_tokens", text_tokens)
     _check_positive_int("num_images", num_images)
@@ -319,9 +319,9 @@ def estimate_flops(
     num_layers = tc.num_hidden_layers
     pos, sched = _resolve_pruning(num_layers, layers, schedule)
 
-    n_vision = num_images * vision_tokens_per_image(config)[1]
-    vision = num_images * vision_tower_flops(config)
-    projector = num_images * projector_flops(config)
+    tower, projector = vision_side_flops(config, image)
+    n_vision = num_images * image.llm_tokens
+    vision, projector = num_images * tower, num_images * projector
     lm_head = lm_head_flops(tc)
     full = n_vision + text_tokens
     base = PartFlops(vision, projector, num_layers * decoder_layer_flops(tc, full), lm_head)
@@ -359,4 +359,8 @@ def estimate_flops(
         kept_tokens=kept,
         decoder_tokens=tuple(tokens),
         pruner_dim=dim if pos else None,
+        family=image.family,
+        image_size=image.image_size,
+        vision_tokens_per_image=image.llm_tokens,
+        resized_size=image.resized,
     )

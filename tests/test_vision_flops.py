@@ -1,0 +1,299 @@
+"""Per-family vision-token counts and FLOPs (`lvpeft.tuner.vision_tokens`, `lvpeft.tuner.vision_flops`):
+the token counts against transformers' own processors and models, the analytic FLOPs of every counted
+family against `torch.utils.flop_counter.FlopCounterMode` on a tiny random model, part by part."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from lvpeft.tuner.flops import estimate_flops
+from lvpeft.tuner.vision_flops import qwen_window_sizes
+from lvpeft.tuner.vision_tokens import anyres_grid, flops_family, image_tokens
+
+IMAGE, VOCAB = 120, 128
+NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # llava-v1.6's
+SIZES = [(672, 672), (480, 640), (300, 1000), (1000, 300), (336, 336), (100, 900), (720, 1280)]
+
+
+def _text(config_class: type = tf.LlamaConfig, **overrides) -> tf.PreTrainedConfig:
+    kwargs = dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+    )
+    return config_class(**{**kwargs, **overrides})
+
+
+def _tower(config_class: type = tf.CLIPVisionConfig, **overrides) -> tf.PreTrainedConfig:
+    kwargs = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2)
+    return config_class(**{**kwargs, "image_size": 32, "patch_size": 8, **overrides})
+
+
+def _qwen(version: str) -> tf.PreTrainedConfig:
+    text = _text(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 2, 2]})
+    tokens = dict(image_token_id=IMAGE, video_token_id=121, vision_start_token_id=122)
+    shape = dict(depth=2, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
+    if version == "2":
+        vision = dict(embed_dim=32, hidden_size=64, mlp_ratio=2, **shape)
+        return tf.Qwen2VLConfig(text_config=text.to_dict(), vision_config=vision, **tokens)
+    # windows of 16 px = 2 x 2 merged tokens = 4 x 4 patches; block 1 attends over the whole image
+    vision = dict(
+        hidden_size=32, out_hidden_size=64, intermediate_size=40, window_size=16, fullatt_block_indexes=[1]
+    )
+    return tf.Qwen2_5_VLConfig(text_config=text.to_dict(), vision_config={**vision, **shape}, **tokens)
+
+
+def tiny_config(family: str) -> tf.PreTrainedConfig:
+    """A tiny config of each counted family: 2 vision layers, 2 decoder layers, 32 px views."""
+    anyres = dict(image_token_index=IMAGE, vision_feature_layer=-2)
+    if family == "llava-next":
+        return tf.LlavaNextConfig(
+            vision_config=_tower(),
+            text_config=_text(tf.MistralConfig),
+            image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64], [32, 96]],
+            vision_feature_select_strategy="default",
+            **anyres,
+        )
+    if family == "llava-onevision":  # at most 1 view's worth of tile features: reduced above 1.1x
+        return tf.LlavaOnevisionConfig(
+            vision_config=_tower(tf.SiglipVisionConfig),
+            text_config=_text(tf.Qwen2Config),
+            image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
+            vision_aspect_ratio="anyres_max_1",
+            vision_feature_select_strategy="full",
+            **anyres,
+        )
+    if family == "vipllava":
+        return tf.VipLlavaConfig(
+            vision_config=_tower(),
+            text_config=_text(),
+            image_token_index=IMAGE,
+            vision_feature_layers=[-2, -1],
+        )
+    if family in ("qwen2-vl", "qwen2.5-vl"):
+        return _qwen("2" if family == "qwen2-vl" else "2.5")
+    if family == "gemma3":  # 8 x 8 patches pooled 2 x 2 into 16 tokens; sliding window of 8 < the prompt
+        text = _text(tf.Gemma3TextConfig, head_dim=24, sliding_window=8)
+        vision = _tower(tf.SiglipVisionConfig, patch_size=4, vision_use_head=False)
+        return tf.Gemma3Config(
+            vision_config=vision, text_config=text, mm_tokens_per_image=16, image_token_index=IMAGE
+        )
+    if family == "paligemma":  # SigLIP with its pooling head, which PaliGemma computes and ignores
+        vision = _tower(tf.SiglipVisionConfig, vision_use_head=True)
+        return tf.PaliGemmaConfig(
+            vision_config=vision,
+            text_config=_text(tf.GemmaConfig, head_dim=16),
+            image_token_index=IMAGE,
+            projection_dim=64,
+            hidden_size=64,
+        )
+    raise ValueError(family)
+
+
+MODEL_CLASSES = {
+    "llava-next": tf.LlavaNextForConditionalGeneration,
+    "llava-onevision": tf.LlavaOnevisionForConditionalGeneration,
+    "vipllava": tf.VipLlavaForConditionalGeneration,
+    "qwen2-vl": tf.Qwen2VLForConditionalGeneration,
+    "qwen2.5-vl": tf.Qwen2_5_VLForConditionalGeneration,
+    "gemma3": tf.Gemma3ForConditionalGeneration,
+    "paligemma": tf.PaliGemmaForConditionalGeneration,
+}
+# family -> image (H, W) in pixels for the cross-check: odd sizes, so that tiles are unpadded, reduced
+# (OneVision) and Qwen windows are cut at the edges
+IMAGE_SIZES = {
+    "llava-next": (40, 90),
+    "llava-onevision": (50, 60),
+    "qwen2-vl": (40, 56),
+    "qwen2.5-vl": (40, 56),
+}
+
+
+def _pixels(family: str, config: tf.PreTrainedConfig, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    image = image_tokens(config, size, min_pixels=64)
+    g = torch.Generator().manual_seed(0)
+    if family.startswith("qwen"):
+        vc = config.vision_config
+        width = 3 * vc.temporal_patch_size * vc.patch_size**2
+        return {
+            "pixel_values": torch.randn(image.grid[0] * image.grid[1], width, generator=g),
+            "image_grid_thw": torch.tensor([[1, *image.grid]]),
+        }
+    if family in ("llava-next", "llava-onevision"):
+        return {
+            "pixel_values": torch.randn(1, image.views, 3, 32, 32, generator=g),
+            "image_sizes": torch.tensor([size]),
+        }
+    side = config.vision_config.image_size
+    return {"pixel_values": torch.randn(1, 3, side, side, generator=g)}
+
+
+def _measure(family: str, text_tokens: int = 9) -> tuple[dict[str, int], object]:
+    """FlopCounterMode's counts of one prefill (logits of the last position), per part, and the estimate."""
+    config = tiny_config(family)
+    size = IMAGE_SIZES.get(family, (32, 32))
+    report = estimate_flops(config, text_tokens=text_tokens, image_size=size, min_pixels=64)
+    torch.manual_seed(0)
+    model = MODEL_CLASSES[family](config).eval()
+    n = report.vision_tokens
+    ids = torch.cat(
+        [torch.tensor([[1, 5]]), torch.full((1, n), IMAGE), torch.arange(7, 7 + text_tokens - 2)[None]], 1
+    )
+    inputs = {"input_ids": ids, **_pixels(family, config, size)}
+    if family.startswith("qwen"):
+        inputs["mm_token_type_ids"] = (ids == IMAGE).int()
+    if family == "gemma3":
+        inputs["token_type_ids"] = (ids == IMAGE).long()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        model(**inputs, logits_to_keep=1)
+    counts = {name: sum(c.values()) for name, c in counter.get_flop_counts().items()}
+    prefix = f"{type(model).__name__}."
+    if family.startswith("qwen"):
+        merger = counts[prefix + "model.visual.merger"]
+        parts = {"vision": counts[prefix + "model.visual"] - merger, "projector": merger}
+    else:
+        parts = {
+            "vision": counts[prefix + "model.vision_tower"],
+            "projector": counts[prefix + "model.multi_modal_projector"],
+        }
+    parts["decoder"] = counts[prefix + "model.language_model"]
+    parts["lm_head"] = counts[prefix + "lm_head"]
+    parts["total"] = counter.get_total_flops()
+    return parts, report
+
+
+@pytest.mark.parametrize("family", list(MODEL_CLASSES))
+def test_each_family_matches_flop_counter(family: str) -> None:
+    """Every part equals what torch counts, exactly: FlopCounterMode counts matrix products only, as the
+    analytic count does (Gemma 3's sliding-window layers too: their mask skips no product). The model
+    also accepted exactly the estimated number of image tokens (it raises on any other)."""
+    measured, report = _measure(family)
+    for part in ("vision", "projector", "decoder", "lm_head"):
+        assert measured[part] == getattr(report.base, part), part
+    assert measured["total"] == report.base.total
+
+
+def test_tiny_families_token_counts() -> None:
+    """The cross-checks above run on these counts (the model raises on any other placeholder count)."""
+    counts = {
+        f: image_tokens(tiny_config(f), IMAGE_SIZES.get(f, (32, 32)), min_pixels=64) for f in MODEL_CLASSES
+    }
+    assert counts["llava-next"].grid == (1, 3) and counts["llava-next"].views == 4
+    assert counts["qwen2.5-vl"].grid == (10, 14) and counts["qwen2.5-vl"].llm_tokens == 35
+    assert counts["gemma3"].llm_tokens == 16 and counts["gemma3"].tower_tokens == 64
+    assert counts["paligemma"].llm_tokens == 16
+    assert counts["vipllava"].llm_tokens == 16
+    # OneVision: 2 x 2 tiles of 4 x 4 features, unpadded to 8 x 6 (48 > 1.1 x 16): reduced
+    assert counts["llava-onevision"].llm_tokens < 16 + 48 + 8
+
+
+# -- token counts against transformers' processors ----------------------------------------------------
+
+
+def _word_tokenizer() -> tf.PreTrainedTokenizerFast:
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": 4}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.add_special_tokens([AddedToken(t, special=True) for t in vocab])
+    return tf.PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+def test_llava_next_counts_match_its_processor() -> None:
+    """llava-v1.6's anyres: the processor's `<image>` tokens and tiles for images of many shapes."""
+    images = tf.LlavaNextImageProcessorPil(
+        image_grid_pinpoints=NEXT_PINPOINTS,
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+    )
+    processor = tf.LlavaNextProcessor(
+        image_processor=images,
+        tokenizer=_word_tokenizer(),
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
+    )
+    config = tf.LlavaNextConfig(
+        vision_config=tf.CLIPVisionConfig(image_size=336, patch_size=14),
+        text_config=tf.MistralConfig(),
+        image_grid_pinpoints=NEXT_PINPOINTS,
+        vision_feature_select_strategy="default",
+    )
+    for height, width in SIZES:
+        image = Image.fromarray(np.zeros((height, width, 3), np.uint8))
+        out = processor(images=image, text="<image>", return_tensors="pt")
+        expected = image_tokens(config, (height, width))
+        assert int((out["input_ids"] == 4).sum()) == expected.llm_tokens, (height, width)
+        assert out["pixel_values"].shape[1] == expected.views, (height, width)
+    assert image_tokens(config, (672, 672)).llm_tokens == 2928  # 576 + 48 x 48 + 48 newlines
+    assert anyres_grid(480, 640, NEXT_PINPOINTS, 336) == (2, 2)
+
+
+@pytest.mark.parametrize("max_pixels", [12_845_056, 200_000])
+def test_qwen_grid_matches_its_image_processor(max_pixels: int) -> None:
+    """Qwen2-VL's `smart_resize`: the image processor's `image_grid_thw` (both pixel bounds exercised)."""
+    processor = tf.Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=max_pixels)
+    config = tf.Qwen2_5_VLConfig()
+    for height, width in [*SIZES, (20, 30), (1080, 1920)]:
+        out = processor(images=Image.fromarray(np.zeros((height, width, 3), np.uint8)))
+        expected = image_tokens(config, (height, width), max_pixels=max_pixels)
+        assert out["image_grid_thw"].tolist() == [[1, *expected.grid]], (height, width)
+        assert expected.llm_tokens == expected.grid[0] * expected.grid[1] // 4
+    assert image_tokens(config, (672, 672)).llm_tokens == 576
+
+
+def test_fixed_size_families_ignore_the_image_size() -> None:
+    from lvpeft.measure.presets import gemma_3_4b_config, llava_1_5_7b_config
+
+    for config, tokens in ((llava_1_5_7b_config(), 576), (gemma_3_4b_config(), 256)):
+        counts = {image_tokens(config, size).llm_tokens for size in SIZES}
+        assert counts == {tokens}
+    assert image_tokens(gemma_3_4b_config()).tower_tokens == 64 * 64
+
+
+def test_qwen_windows_cover_the_image() -> None:
+    # 10 x 14 patches merged 2 x 2 into 5 x 7, windows of 2 x 2 merged tokens: 3 x 4 windows, cut at edges
+    sizes = qwen_window_sizes(10, 14, 2, 2)
+    assert len(sizes) == 12 and sum(sizes) == 140 and max(sizes) == 16 and min(sizes) == 4
+    # Qwen2.5-VL at 672 x 672: 48 x 48 patches in 36 full windows of 8 x 8
+    assert qwen_window_sizes(48, 48, 2, 4) == [64] * 36
+
+
+@pytest.mark.parametrize(
+    ("config", "name"),
+    [
+        (tf.Idefics3Config(), "Idefics3"),
+        (tf.Mistral3Config(), "Mistral3"),
+        (tf.Qwen3VLConfig(), "Qwen3-VL"),
+        (tf.LlamaConfig(), "`llama`"),
+    ],
+)
+def test_uncounted_families_are_refused_by_name(config: tf.PreTrainedConfig, name: str) -> None:
+    with pytest.raises(ValueError, match=rf"does not count {name}.*counted families: LLaVA, VipLlava"):
+        flops_family(config)
+    with pytest.raises(ValueError, match=name):
+        estimate_flops(config)
+
+
+def test_bad_image_size_is_refused() -> None:
+    config = tiny_config("qwen2.5-vl")
+    for bad in [(0, 10), (10,), (10.5, 10)]:
+        with pytest.raises(ValueError, match="image_size"):
+            image_tokens(config, bad)
