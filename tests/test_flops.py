@@ -329,3 +329,35 @@ def test_readme_flops_table_is_generated_and_current() -> None:
         [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- presets and image sizes ----------------------------------------------------------------------------
+
+PRESET_TOKENS = {  # vision tokens of one 672 x 672 image, and one 480 x 640 image
+    "llava-1.5-7b": ("LLaVA", 576, 576),
+    "llava-v1.6-mistral-7b": ("LLaVA-NeXT", 2928, 2340),
+    "qwen2.5-vl-7b": ("Qwen2.5-VL", 576, 391),
+    "gemma-3-4b": ("Gemma 3", 256, 256),
+}
+
+
+@pytest.mark.parametrize("preset", list(PRESET_TOKENS))
+def test_cli_presets_and_image_size(preset, capsys):
+    family, square, photo = PRESET_TOKENS[preset]
+    data = json.loads(run_cli(["flops", "--model", preset, "--keep", "0.1", "--json"], capsys))
+    assert (data["family"], data["vision_tokens"], data["image_size"]) == (family, square, [672, 672])
+    assert data["kept_tokens"][-1] == round(0.1 * square)
+    assert 0 < data["pruned_tflops"] < data["base_tflops"]
+    argv = ["flops", "--model", preset, "--image_size", "480", "640", "--json"]
+    assert json.loads(run_cli(argv, capsys))["vision_tokens"] == photo
+
+
+def test_cli_reads_a_local_qwen_processors_pixel_bounds(tmp_path, capsys):
+    from lvpeft.measure.presets import qwen2_5_vl_7b_config
+
+    qwen2_5_vl_7b_config().save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": 200704}))
+    argv = ["flops", "--model", str(tmp_path), "--image-size", "1080", "1920", "--json"]
+    assert json.loads(run_cli(argv, capsys))["vision_tokens"] == 252  # 12 x 21 merged tokens (256 max)
+    override = json.loads(run_cli([*argv, "--max-pixels", "12845056"], capsys))
+    assert override["vision_tokens"] == 2691 and override["resized_size"] == [1092, 1932]

@@ -1,8 +1,10 @@
-"""`lvpeft flops`: the analytic prefill FLOPs of a LLaVA model, base vs pruned, on the command line.
+"""`lvpeft flops`: the analytic prefill FLOPs of a multimodal model, base vs pruned, on the command line.
 
-The counting itself (conventions, per-part formulas, the estimate) is `lvpeft.tuner.flops`; this module
-adds the model presets (`llava-1.5-7b`, built from configs, no download), the paper's schedule and
-the printed table.
+The counting itself (conventions, per-part formulas, the estimate) is `lvpeft.tuner.flops`, with the
+vision-token counts and vision-side FLOPs per family in `lvpeft.tuner.vision_tokens` and
+`lvpeft.tuner.vision_flops`; this module adds the model presets (`lvpeft.measure.presets`: llava-1.5-7b,
+llava-v1.6-mistral-7b, qwen2.5-vl-7b, gemma-3-4b, built from configs, no download), the paper's
+schedule and the printed table.
 """
 
 from __future__ import annotations
@@ -12,53 +14,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, LlavaConfig, PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 
 from ..tuner.flops import FlopsReport, estimate_flops
 from ..tuner.layer import PAPER_PRUNER_DIM
+from .presets import PRESET_CONFIGS, llava_1_5_7b_config, preset_config
 
-PRESETS: tuple[str, ...] = ("llava-1.5-7b",)
+__all__ = ["PRESETS", "add_flops_command", "llava_1_5_7b_config", "load_model_config", "paper_schedule"]
+
+PRESETS: tuple[str, ...] = tuple(PRESET_CONFIGS)
 """Model names `flops --model` accepts besides a local directory."""
 
 _TERA = 1e12
-
-
-def llava_1_5_7b_config() -> LlavaConfig:
-    """The architecture of `llava-hf/llava-1.5-7b-hf`, built from configs only (no download).
-
-    CLIP ViT-L/14 at 336 px (24 layers, width 1024, 16 heads, MLP 4096), projector 1024 -> 4096 ->
-    4096, Vicuna-7B / Llama-2-7B decoder (32 layers, width 4096, 32 heads, MLP 11008, vocab 32064),
-    features from the second-to-last CLIP layer with CLS dropped (576 image tokens).
-    """
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
-    text = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32064,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-    )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=32000,
-        image_seq_length=576,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
 
 
 def paper_schedule(keep: float, num_modules: int = 3, step: float = 0.2) -> list[float]:
@@ -69,17 +36,35 @@ def paper_schedule(keep: float, num_modules: int = 3, step: float = 0.2) -> list
 
 
 def load_model_config(model: str) -> PreTrainedConfig:
-    """A preset name (`llava-1.5-7b`) or a local directory holding a LLaVA `config.json`."""
+    """A preset name (`PRESETS`) or a local directory holding a multimodal model's `config.json`."""
     if model.lower() in PRESETS:
-        return llava_1_5_7b_config()
+        return preset_config(model)
     if not (Path(model) / "config.json").is_file():
         raise ValueError(
             f"--model {model!r} is neither a preset {list(PRESETS)} nor a directory with config.json."
         )
     config = AutoConfig.from_pretrained(model, local_files_only=True)
     if not hasattr(config, "vision_config") or not hasattr(config, "text_config"):
-        raise ValueError(f"{model}/config.json is a {type(config).__name__}, not a LLaVA config.")
+        raise ValueError(
+            f"{model}/config.json is a {type(config).__name__}, not a LLaVA config (nor another "
+            "vision-language config with a vision_config and a text_config)."
+        )
     return config
+
+
+def processor_pixel_bounds(model: str) -> dict[str, int]:
+    """`min_pixels` / `max_pixels` of a local model directory's `preprocessor_config.json` (the Qwen2-VL
+    family's image processor bounds: top-level keys or `size.shortest_edge` / `size.longest_edge`), or {}."""
+    path = Path(model) / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    size = data.get("size") if isinstance(data.get("size"), dict) else {}
+    bounds = {
+        "min_pixels": data.get("min_pixels", size.get("shortest_edge") if "longest_edge" in size else None),
+        "max_pixels": data.get("max_pixels", size.get("longest_edge")),
+    }
+    return {key: int(value) for key, value in bounds.items() if isinstance(value, int)}
 
 
 def _int_list(text: str) -> list[int]:
@@ -113,12 +98,15 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `flops` subcommand to an argparse subparsers object; its handler is `args.func`."""
     parser = subparsers.add_parser(
         "flops",
-        help="Analytic prefill FLOPs of a LLaVA model, base vs pruned.",
-        description="Analytic prefill FLOPs (1 image + T text tokens) of a LLaVA model, base vs pruned, "
+        help="Analytic prefill FLOPs of a multimodal model, base vs pruned.",
+        description="Analytic prefill FLOPs (images + T text tokens) of a multimodal model (LLaVA, "
+        "LLaVA-NeXT, LLaVA-OneVision, VipLlava, Qwen2-VL, Qwen2.5-VL, Gemma 3, PaliGemma), base vs pruned, "
         "decision modules included and reported separately. Matrix products only, 2 FLOPs per multiply-add.",
     )
     parser.add_argument(
-        "--model", default="llava-1.5-7b", help="preset name (llava-1.5-7b) or a local dir with config.json"
+        "--model",
+        default="llava-1.5-7b",
+        help=f"a preset ({', '.join(PRESETS)}) or a local dir with config.json (default llava-1.5-7b)",
     )
     parser.add_argument(
         "--layers",
@@ -140,6 +128,27 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--text-tokens", type=int, default=30, help="language tokens T (default 30)")
     parser.add_argument("--images", type=int, default=1, help="images in the prompt (default 1)")
+    parser.add_argument(
+        "--image-size",
+        "--image_size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="height and width of each image in pixels (default 672 672): the vision-token count of "
+        "LLaVA-NeXT / OneVision (anyres tiles) and Qwen2-VL / 2.5-VL (dynamic resolution) depends on it; "
+        "fixed-size families resize every image",
+    )
+    parser.add_argument(
+        "--min-pixels", type=int, default=None, help="Qwen2-VL family: the image processor's min_pixels"
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="Qwen2-VL family: the image processor's max_pixels (default: a local model's "
+        "preprocessor_config.json, else the public checkpoints' 12845056)",
+    )
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     parser.set_defaults(func=flops_command)
     return parser
@@ -153,6 +162,10 @@ def flops_command(args: argparse.Namespace) -> int:
         schedule = paper_schedule(args.keep, len(args.layers) if args.layers else 3)
     if schedule is None:  # the adapter's default keep 0.1: the paper's trained setting, rho = 0.5
         schedule = paper_schedule(0.1, len(args.layers) if args.layers else 3)
+    bounds = {} if args.model.lower() in PRESETS else processor_pixel_bounds(args.model)
+    for key in ("min_pixels", "max_pixels"):
+        if getattr(args, key) is not None:
+            bounds[key] = getattr(args, key)
     report = estimate_flops(
         config,
         text_tokens=args.text_tokens,
@@ -160,6 +173,8 @@ def flops_command(args: argparse.Namespace) -> int:
         schedule=schedule,
         pruner_dim=args.pruner,
         num_images=args.images,
+        image_size=tuple(args.image_size) if args.image_size else None,
+        **bounds,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -180,7 +195,10 @@ def format_report(report: FlopsReport) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
     kept = ", ".join(f"{k}" for k in report.kept_tokens)
+    (height, width), (res_h, res_w) = report.image_size, report.resized_size
     header = (
+        f"{report.family}, image {height} x {width} resized to {res_h} x {res_w}: "
+        f"{report.vision_tokens_per_image} vision tokens per image\n"
         f"TFLOPs, prefill of {report.vision_tokens} vision + {report.text_tokens} text tokens; "
         f"modules after layers {list(report.layers)} keeping {list(report.schedule)} -> [{kept}] "
         f"tokens, C = {report.pruner_dim}"
