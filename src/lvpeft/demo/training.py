@@ -51,18 +51,18 @@ def prepare_data(out_dir: str | Path, settings: DemoSettings, processor: Any) ->
     return DemoData(folder=folder, train=dataset, test=test)
 
 
-def training_processor(processor: Any) -> Any:
+def training_processor(processor: Any, model_type: str = "llava") -> Any:
     """A copy of `processor` whose chat template marks the answers (for `assistant_only_loss`).
 
-    Like `lvpeft train`: a template without `{% generation %}` is replaced by lvpeft's LLaVA-1.5
-    training template. The copy keeps inference prompts (rendered with the original) free of a
-    second BOS.
+    Like `lvpeft train`, through the same helper (`training_chat_template`): a template with
+    `{% generation %}` markers is kept, one without is replaced by lvpeft's training template for
+    `model_type` (the demo's bases are LLaVA-1.5). The copy keeps inference prompts (rendered with the
+    original) free of the BOS that training templates write.
     """
-    from ..training.data.llava_format import GENERATION_MARKER, LLAVA_TRAINING_CHAT_TEMPLATE
+    from ..training.data.chat_templates import training_chat_template
 
     processor = copy.deepcopy(processor)
-    if not GENERATION_MARKER.search(getattr(processor, "chat_template", None) or ""):
-        processor.chat_template = LLAVA_TRAINING_CHAT_TEMPLATE
+    processor.chat_template = training_chat_template(processor, model_type)
     return processor
 
 

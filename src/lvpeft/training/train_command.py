@@ -227,10 +227,11 @@ def adapter_config(ours: TrainCommandArguments) -> LVPruningConfig:
 def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     """The training run behind `lvpeft train` (see the module docstring); returns the trainer."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, set_seed
 
     from ..tuner.model import get_lvpruning_model
-    from .data.llava_format import GENERATION_MARKER, LLAVA_TRAINING_CHAT_TEMPLATE, load_llava_dataset
+    from .data.chat_templates import training_chat_template
+    from .data.llava_format import load_llava_dataset
     from .eval_callback import ValidationNLLCallback
     from .trainer import LVPruningTrainer
 
@@ -252,15 +253,9 @@ def run_training(ours: TrainCommandArguments, sft_args: Any) -> Any:
     dtype = "auto" if ours.dtype == "auto" else getattr(torch, ours.dtype)
     processor = AutoProcessor.from_pretrained(ours.model)
     if sft_args.assistant_only_loss and not sft_args.chat_template_path:
-        template = getattr(processor, "chat_template", None) or ""
-        if not GENERATION_MARKER.search(template):
-            logger.warning(
-                "%s's chat template does not mark the assistant answers ({%% generation %%}); training with "
-                "lvpeft's LLaVA-1.5 template (USER: <image>\\n... ASSISTANT: ...</s>). Pass "
-                "--chat_template_path for another conversation format.",
-                ours.model,
-            )
-            processor.chat_template = LLAVA_TRAINING_CHAT_TEMPLATE
+        # the model's template if it marks the answers, else lvpeft's for its family (or a clear error)
+        model_config = AutoConfig.from_pretrained(ours.model)
+        processor.chat_template = training_chat_template(processor, model_config, name=ours.model)
     base = AutoModelForImageTextToText.from_pretrained(
         ours.model, dtype=dtype, attn_implementation=ours.attn_implementation, use_safetensors=True
     )

@@ -51,8 +51,10 @@ answers with ``{% generation %}`` and put the end-of-turn token inside the marke
 ``is_chat_template_stop_token_trained`` warns otherwise). ``SFTTrainer`` replaces a template without
 markers only when it knows it (``trl.chat_template_utils.get_training_chat_template``) and raises for
 the others (such as :data:`lvpeft.demo.tiny_model.CHAT_TEMPLATE`). The llava-hf LLaVA-1.5 template has markers
-but no end-of-turn token and no BOS (TRL tokenizes with ``add_special_tokens=False``). Use
-:data:`LLAVA_TRAINING_CHAT_TEMPLATE` for LLaVA-1.5-style processors (or another marked template).
+but no end-of-turn token and no BOS (TRL tokenizes with ``add_special_tokens=False``).
+:func:`lvpeft.training.data.chat_templates.training_chat_template` picks the template to train with (the
+processor's if it has markers, else lvpeft's for the model's family, such as
+:data:`LLAVA_TRAINING_CHAT_TEMPLATE`, re-exported here, for LLaVA-1.5); ``lvpeft train`` and the demo use it.
 
 ``SFTConfig`` settings
 ----------------------
@@ -72,7 +74,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ from typing import Any, Literal
 import datasets
 from PIL import Image
 
+from .chat_templates import GENERATION_MARKER
 from .llava_rows import (
     IMAGE_PLACEHOLDER,
     REASONS,
@@ -92,6 +94,7 @@ from .llava_rows import (
     read_rows,
     row_id_of,
 )
+from .training_templates import LLAVA_TRAINING_CHAT_TEMPLATE
 
 __all__ = [
     "GENERATION_MARKER",
@@ -119,49 +122,6 @@ LLAVA_FEATURES: datasets.Features = datasets.Features(
     }
 )
 """Schema of the loaded dataset; ``images`` holds paths and decodes to RGB PIL images on access."""
-
-GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
-"""A `{% generation %}` tag, which marks the assistant answers for `assistant_only_loss` (not the word
-in `add_generation_prompt`)."""
-
-LLAVA_TRAINING_CHAT_TEMPLATE: str = (
-    "{{- bos_token -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}"
-    "{%- set text = message['content'] -%}"
-    "{%- else -%}"
-    "{%- set text = message['content'] | selectattr('type', 'equalto', 'text')"
-    " | map(attribute='text') | join(' ') -%}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'user' and message['content'] is string -%}"
-    "{{- 'USER: ' + text + ' ' -}}"
-    "{%- elif message['role'] == 'user' -%}"
-    "{{- 'USER: ' -}}{%- set ns = namespace(seen_text=false) -%}"
-    "{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' and ns.seen_text -%}{{- '\\n<image>' -}}"
-    "{%- elif item['type'] == 'image' -%}{{- '<image>\\n' -}}"
-    "{%- elif item['type'] == 'text' -%}"
-    "{%- if ns.seen_text -%}{{- ' ' -}}{%- endif -%}{{- item['text'] -}}{%- set ns.seen_text = true -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}{{- ' ' -}}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{- 'ASSISTANT: ' -}}{%- generation -%}{{- text + eos_token -}}{%- endgeneration -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-)
-"""LLaVA-1.5 chat template for training with ``assistant_only_loss=True``.
-
-Renders ``<s>USER: <image>\\n{question} ASSISTANT: {answer}</s>USER: {question} ASSISTANT: ...``
-(a user turn's blocks in their order: an image before any text as ``<image>\\n``, one after text as
-``\\n<image>``, so ``{question}\\n<image>`` rows keep the question first; text blocks joined by
-spaces) and wraps every answer and its
-``eos_token`` in ``{% generation %}`` so they, and only they, are trained. It starts with ``bos_token``
-because TRL tokenizes rendered conversations with ``add_special_tokens=False``. Set it on the processor
-used for training (``processor.chat_template = LLAVA_TRAINING_CHAT_TEMPLATE``, or write it to a
-``.jinja`` file and pass ``SFTConfig(chat_template_path=...)``); prompts rendered with it for inference
-through ``processor(text=...)`` would get a second BOS.
-"""
 
 ImageCheck = Literal["load", "verify", "exists"]
 
