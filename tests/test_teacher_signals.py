@@ -53,9 +53,10 @@ def test_a_token_nobody_reads_has_no_importance() -> None:
     inputs = batch([prompt_ids(1, 3, 4, seed=3)])
     layer = model.model.language_model.layers[1]
     hidden = torch.randn(1, inputs["input_ids"].shape[1], 64)
+    rope = model.model.language_model.rotary_emb(hidden, torch.arange(hidden.shape[1])[None])
     readers = torch.zeros_like(inputs["attention_mask"], dtype=torch.bool)
     readers[0, 5] = True
-    importance = read_importance(layer, hidden, None, readers, inputs["attention_mask"].bool())
+    importance = read_importance(layer, hidden, rope, readers, inputs["attention_mask"].bool())
     assert bool((importance[0, 6:] == 0).all()) and bool((importance[0, :6] > 0).all())
 
 

@@ -12,8 +12,10 @@ The readers are the positions whose next token is a label (the prompt's last tok
 tokens). The trainer sums I over every layer from a module's position to the last layer, so each
 module learns to rank by what ALL later layers of the unpruned model read for this question.
 
-Needs a Llama-style decoder layer (`input_layernorm`, `self_attn.{q,k,v,o}_proj`, `head_dim`, RoPE
-passed as `position_embeddings`), as the FastV scorer does. Shapes: B batch, L tokens, h heads.
+The queries, keys, values and logit scale are the layer's own (`lvpeft.pruning.layer_attention`: its
+norms, RoPE and scaling, whatever the family); the output projection is read as `self_attn.o_proj`.
+The mask is causal over the real tokens (a family's own bidirectional image blocks and sliding windows
+are not followed: a teacher signal, not an equivalence). Shapes: B batch, L tokens, h heads.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from ..pruning.layer_attention import attention_states
 
 
 @torch.no_grad()
@@ -36,7 +40,7 @@ def read_importance(
     """Value-weighted attention that the `readers` pay to every token at one decoder layer.
 
     Args:
-        layer: a Llama-style decoder layer.
+        layer: a transformers decoder layer (`input_layernorm`, `self_attn` with `o_proj`).
         hidden: (B, L, d) the layer's input hidden states.
         position_embeddings: (cos, sin), each (B or 1, L, head_dim), or None (no RoPE).
         readers: (B, L) bool, the query positions whose reading counts.
@@ -45,28 +49,17 @@ def read_importance(
     Returns:
         (B, L) float32 non-negative importance of each key token (0 for padding).
     """
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    attn = layer.self_attn
-    b, length, _ = hidden.shape
-    head_dim = attn.head_dim
-    normed = layer.input_layernorm(hidden)
-    q = attn.q_proj(normed).view(b, length, -1, head_dim).transpose(1, 2)  # (B, h, L, hd)
-    k = attn.k_proj(normed).view(b, length, -1, head_dim).transpose(1, 2)  # (B, h_kv, L, hd)
-    v = attn.v_proj(normed).view(b, length, -1, head_dim).transpose(1, 2)  # (B, h_kv, L, hd)
-    if position_embeddings is not None:
-        cos, sin = position_embeddings
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    heads = q.shape[1]
-    k = k.repeat_interleave(heads // k.shape[1], dim=1)
-    v = v.repeat_interleave(heads // v.shape[1], dim=1).float()
-    logits = (q @ k.transpose(-1, -2)).float() * head_dim**-0.5  # (B, h, L, L)
+    states = attention_states(layer, hidden, position_embeddings)
+    length = hidden.shape[1]
+    heads, head_dim = states.query.shape[1], states.query.shape[-1]
+    v = states.value.float()  # (B, h, L, hd)
+    logits = states.logits()  # (B, h, L, L)
     pos = torch.arange(length, device=hidden.device)
     allowed = (pos[None, :] <= pos[:, None])[None] & valid[:, None, :]  # (B, L, L)
     logits = logits.masked_fill(~allowed[:, None], float("-inf"))
     probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows of padding queries are all -inf
     read = (probs * readers[:, None, :, None].float()).sum(dim=2)  # (B, h, L)
-    w_o = attn.o_proj.weight.float().view(-1, heads, head_dim)  # (d, h, hd)
+    w_o = layer.self_attn.o_proj.weight.float().view(-1, heads, head_dim)  # (d, h, hd)
     gram = torch.einsum("dhk,dhm->hkm", w_o, w_o)  # (h, hd, hd)
     norm = torch.einsum("bhlk,hkm,bhlm->bhl", v, gram, v).clamp(min=0).sqrt()  # ||W_O^h v_j||
     return (read * norm).sum(dim=1).masked_fill(~valid, 0.0)

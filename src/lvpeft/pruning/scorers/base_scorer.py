@@ -17,6 +17,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..layer_attention import attention_states
+
 
 @dataclass
 class ScoringContext:
@@ -59,7 +61,8 @@ def as_logits(scores: torch.Tensor) -> torch.Tensor:
 def query_attention(context: ScoringContext, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """The attention one token per row pays to the others at the pruning layer, heads averaged.
 
-    Computed from the layer's own query/key projections and RoPE (a Llama-style attention module).
+    Computed by the layer's own attention module (`layer_attention.attention_states`: its norms, RoPE,
+    scaling and soft cap, whatever the family).
 
     Args:
         context: the scoring context of the module (its `layer`, `hidden` and RoPE are used).
@@ -69,21 +72,7 @@ def query_attention(context: ScoringContext, query: torch.Tensor, keys: torch.Te
     Returns:
         (B, L) float32 attention probabilities (0 outside `keys`), each row summing to 1.
     """
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    layer, hidden = context.layer, context.hidden
-    attn = layer.self_attn
-    b, length, _ = hidden.shape
-    rows = torch.arange(b, device=hidden.device)
-    normed = layer.input_layernorm(hidden)
-    head_dim = attn.head_dim
-    q = attn.q_proj(normed[rows, query][:, None]).view(b, 1, -1, head_dim).transpose(1, 2)  # (B, h, 1, hd)
-    k = attn.k_proj(normed).view(b, length, -1, head_dim).transpose(1, 2)  # (B, h_kv, L, hd)
-    if context.position_embeddings is not None:
-        cos, sin = (t.expand(b, -1, -1) for t in context.position_embeddings)  # (B, L, hd)
-        q, _ = apply_rotary_pos_emb(q, q, cos[rows, query][:, None], sin[rows, query][:, None])
-        _, k = apply_rotary_pos_emb(k, k, cos, sin)
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA -> (B, h, L, hd)
-    logits = (q @ k.transpose(-1, -2)).squeeze(2) * head_dim**-0.5  # (B, h, L)
+    states = attention_states(context.layer, context.hidden, context.position_embeddings)
+    logits = states.logits(query).squeeze(2)  # (B, h, L)
     logits = logits.masked_fill(~keys[:, None, :], float("-inf"))
-    return torch.softmax(logits.float(), dim=-1).mean(dim=1)  # (B, L)
+    return torch.softmax(logits, dim=-1).mean(dim=1)  # (B, L)

@@ -13,10 +13,8 @@ from .base_scorer import ScoringContext, as_logits, query_attention
 class FastVScorer:
     """Baseline in the style of FastV: the attention the last token pays to each vision token.
 
-    Computed at the pruning layer from the layer's own query/key projections and RoPE (heads
-    averaged after the softmax), over all real tokens. Needs a Llama-style attention module
-    (`input_layernorm`, `self_attn.q_proj` / `k_proj`, `head_dim`) and RoPE embeddings passed to the
-    layers, as Llama, Mistral and Qwen2 decoders do.
+    Computed at the pruning layer by the layer's own attention module (its norms, RoPE and scaling,
+    `layer_attention.py`; heads averaged after the softmax), over all real tokens.
     """
 
     def __call__(self, context: ScoringContext) -> torch.Tensor:
