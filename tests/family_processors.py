@@ -190,7 +190,7 @@ GEMMA3_SPECIALS = [
     "<end_of_image>",
     "<image_soft_token>",
 ]
-GEMMA3_IMAGE_TOKENS = 4
+GEMMA3_IMAGE_TOKENS = 16  # 32 px, patch 8, no pooling (as tests/test_families.py's tiny Gemma 3)
 
 
 def gemma3_processor(chat_template: str) -> Any:

@@ -225,3 +225,53 @@ def test_recipe_flags_reach_the_config(flags: list[str], expected: tuple) -> Non
     c = adapter_config(ours)
     got = (c.recipe, c.teacher_rank_weight, c.training_decisions, c.hide_answer_from_modules, c.merge_dropped)
     assert got == expected
+
+
+def _model_with_template(workspace: dict[str, str], folder: Path, template: str) -> dict[str, str]:
+    """The workspace's tiny LLaVA, saved again with another chat template."""
+    from helpers import tiny_processor
+
+    shutil.copytree(workspace["model"], folder)
+    tiny_processor(template).save_pretrained(folder)
+    return {**workspace, "model": str(folder)}
+
+
+def test_template_without_markers_trains_with_lvpeft_llava_template(
+    workspace: dict[str, str], tmp_path: Path, caplog
+) -> None:
+    """The issue's case: a LLaVA template with `add_generation_prompt` and no `{% generation %}` markers."""
+    from lvpeft.demo.tiny_model import CHAT_TEMPLATE
+
+    ws = _model_with_template(workspace, tmp_path / "model", CHAT_TEMPLATE)
+    out = tmp_path / "out"
+    with caplog.at_level("INFO"):
+        assert main(train_args(ws, out, "--max-steps", "1", "--save_strategy", "no")) == 0
+    assert "training with lvpeft's LLaVA-1.5 template" in caplog.text
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_template_of_another_format_stops_before_training_and_says_what_to_pass(
+    workspace: dict[str, str], tmp_path: Path, capsys
+) -> None:
+    other = (
+        "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{% if c['type'] == 'text' %}"
+        "{{ c['text'] }}{% else %}<image>{% endif %}{% endfor %}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    ws = _model_with_template(workspace, tmp_path / "model", other)
+    out = tmp_path / "out"
+    assert main(train_args(ws, out, "--max-steps", "1")) == 2
+    assert "--chat_template_path FILE.jinja" in capsys.readouterr().err
+    assert not out.exists()
+    marked = other.replace("{% for c in m['content'] %}", "{% generation %}{% for c in m['content'] %}")
+    marked = marked.replace("{% endfor %}\n", "{% endfor %}{% endgeneration %}\n", 1)
+    (tmp_path / "marked.jinja").write_text(marked)
+    args = [
+        "--max-steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--chat_template_path",
+        str(tmp_path / "marked.jinja"),
+    ]
+    assert main(train_args(ws, out, *args)) == 0  # what the message says to pass
