@@ -115,7 +115,8 @@ def samples_from_dataset(dataset: Any) -> list[EvalSample]:
 
 def eval_chat_template(processor: Any) -> str:
     """The chat template prompts are rendered with: the processor's own, else lvpeft's LLaVA-1.5 training
-    template (`LLAVA_TRAINING_CHAT_TEMPLATE`, the one `lvpeft train` falls back to)."""
+    template (`LLAVA_TRAINING_CHAT_TEMPLATE`, the one `lvpeft train` uses for a LLaVA processor without
+    one)."""
     from .llava_format import LLAVA_TRAINING_CHAT_TEMPLATE
 
     return getattr(processor, "chat_template", None) or LLAVA_TRAINING_CHAT_TEMPLATE
