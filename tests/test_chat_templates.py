@@ -248,3 +248,20 @@ def test_demo_training_processor_uses_the_helper() -> None:
         FAMILIES["qwen2.5-vl"].build(public_template("Qwen2.5-VL-7B-Instruct")), "qwen2_5_vl"
     )
     assert qwen.chat_template == QWEN2_VL_TRAINING_CHAT_TEMPLATE
+
+
+def test_bos_is_written_only_where_the_tokenizer_prepends_one() -> None:
+    """LLaVA's training template writes the BOS a Llama tokenizer prepends at inference; with a tokenizer
+    that prepends none (the tests' word-level one), it writes none either."""
+    from helpers import tiny_processor
+
+    plain = markerless(public_template("llava-1.5-7b-hf"))
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "w5"}]}]
+    with_bos = FAMILIES["llava-1.5"].build(plain)
+    assert render(with_bos, training_chat_template(with_bos, "llava"), conversation, True).startswith(
+        "<s>USER:"
+    )
+    without = tiny_processor(plain)
+    assert without.tokenizer("w5")["input_ids"][0] != without.tokenizer.bos_token_id
+    template = training_chat_template(without, "llava")
+    assert render(without, template, conversation, True) == render(without, plain, conversation, True)

@@ -9,7 +9,8 @@ deliberate differences, where they apply:
 
 * LLaVA-1.5 and LLaVA-NeXT leave the BOS to the tokenizer (``processor(text=...)`` prepends it); TRL
   tokenizes rendered conversations with ``add_special_tokens=False``, so their training templates write
-  ``bos_token`` themselves: the tokens are those of inference, the text has ``<s>`` in front.
+  ``bos_token`` themselves: the tokens are those of inference, the text has ``<s>`` in front (for a
+  tokenizer that prepends no BOS, the helper drops it from the template).
 * LLaVA-1.5: an answer ends with ``</s>``, as in LLaVA's own training (llava-hf's template writes a space and
   never trains the model to stop). A first turn's prompt renders exactly as llava-hf's.
 
@@ -61,7 +62,8 @@ class TrainingChatTemplate:
         name: the format's name in messages (``"Qwen2-VL"``).
         template: the Jinja template, answers and their end-of-turn token inside ``{% generation %}``.
         reference: the public checkpoint whose template it renders like.
-        writes_bos: it writes ``bos_token``, which the public template leaves to the tokenizer.
+        writes_bos: it starts with ``{{- bos_token -}}``, which the public template leaves to the tokenizer
+            (dropped for a tokenizer that prepends no BOS, so that training sees the tokens of inference).
         same_history: earlier turns render as the public template renders them too (LLaVA-1.5: no, an
             answer ends with ``</s>`` where llava-hf's template writes a space).
     """
@@ -115,6 +117,8 @@ WHAT_TO_PASS = (
     "with each assistant answer and its end-of-turn token wrapped in {% generation %}...{% endgeneration %}."
 )
 """The end of every :class:`ChatTemplateError`: what to pass instead."""
+
+_BOS = "{{- bos_token -}}"  # how the templates that write the BOS (writes_bos) start
 
 # a first turn with an image, and a second turn after an answer (rendered with a generation prompt)
 _FIRST_TURN = [
@@ -175,6 +179,7 @@ def training_chat_template(processor: Any, model: Any, name: str | None = None) 
             f"train on the answers only, and lvpeft ships no training template for model type {model_type!r} "
             f"(it has: {known}). {WHAT_TO_PASS}"
         )
+    adds_bos = _tokenizer_adds_bos(processor)
     if not own:
         chosen = candidates[0]
         logger.warning(
@@ -184,10 +189,11 @@ def training_chat_template(processor: Any, model: Any, name: str | None = None) 
             chosen.reference,
             "If the model expects another format, pass --chat_template_path.",
         )
-        return chosen.template
+        return _for_tokenizer(chosen, adds_bos)
     mismatches = []
     for candidate in candidates:
-        differences = _prompt_differences(processor, candidate, own)
+        template = _for_tokenizer(candidate, adds_bos)
+        differences = _prompt_differences(processor, candidate, template, own)
         if not differences:
             logger.info(
                 "%s's chat template has no {%% generation %%} markers; training with lvpeft's %s template, "
@@ -195,7 +201,7 @@ def training_chat_template(processor: Any, model: Any, name: str | None = None) 
                 who,
                 candidate.name,
             )
-            return candidate.template
+            return template
         mismatches.append(f"lvpeft's {candidate.name} template renders {differences}")
     raise ChatTemplateError(
         f"{who}'s chat template has no {{% generation %}} markers, and lvpeft's training template(s) for "
@@ -214,17 +220,37 @@ def _model_type(model: Any) -> str:
     return str(model_type)
 
 
-def _prompt_differences(processor: Any, candidate: TrainingChatTemplate, own: str) -> str | None:
-    """None when ``candidate`` renders the probe prompts as ``own`` does, else the first difference."""
+def _tokenizer_adds_bos(processor: Any) -> bool:
+    """Whether the tokenizer prepends its BOS to a text (as Llama's and Gemma's do at inference)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos_id
+
+
+def _for_tokenizer(candidate: TrainingChatTemplate, adds_bos: bool) -> str:
+    """The candidate's template, without the BOS it writes when the tokenizer prepends none at inference."""
+    if candidate.writes_bos and not adds_bos:
+        return candidate.template.removeprefix(_BOS)
+    return candidate.template
+
+
+def _prompt_differences(
+    processor: Any, candidate: TrainingChatTemplate, template: str, own: str
+) -> str | None:
+    """None when ``template`` (the candidate's) renders the probe prompts as ``own`` does, except for a BOS
+    it writes that the tokenizer prepends to ``own``'s prompts; else the first difference."""
     tokenizer = getattr(processor, "tokenizer", processor)
     bos = getattr(tokenizer, "bos_token", None)
     for messages in [_FIRST_TURN, _SECOND_TURN] if candidate.same_history else [_FIRST_TURN]:
-        ours = _render(processor, candidate.template, messages)
+        ours = _render(processor, template, messages)
         try:
             theirs = _render(processor, own, messages)
         except Exception as error:  # the model's template may refuse the probe (roles, content types)
             return f"{ours!r}, where the model's template fails on the same conversation ({error})"
-        if candidate.writes_bos and bos and ours.startswith(bos) and not theirs.startswith(bos):
+        if template.startswith(_BOS) and bos and ours.startswith(bos) and not theirs.startswith(bos):
             ours = ours[len(bos) :]  # the tokenizer prepends it to the model's prompt
         if ours != theirs:
             return f"{ours!r} where the model's renders {theirs!r}"
