@@ -12,8 +12,11 @@ import torch
 from helpers import tiny_llava
 from lvpeft.cli import main
 from lvpeft.measure.bench import run_bench
+from lvpeft.measure.bench_models import build_preset, make_serve_inputs
 from lvpeft.measure.breakdown import MODEL_STEPS, PRUNING_STEPS, format_breakdown
+from lvpeft.measure.presets import preset_config
 from lvpeft.measure.timing import interleaved_times, paired_speedup
+from lvpeft.tuner.flops import estimate_flops
 
 
 def test_bench_report_is_consistent() -> None:
@@ -86,3 +89,89 @@ def test_breakdown_names_every_step_and_adds_up() -> None:
     for step in ("score", "select", "repack", "layer_inputs", "restore"):
         assert pruned.steps[f"lvpruning::{step}"] > 0 and base.steps[f"lvpruning::{step}"] == 0
     assert "lvpruning::score" in format_breakdown(report.breakdown)
+
+
+# -- presets of other families (their token geometry, tiny layers) -----------------------------------------
+
+PRESET_IMAGES = {  # a small image each, so that a CPU runs them in about a second
+    "llava-1.5-7b": None,
+    "llava-v1.6-mistral-7b": (336, 500),
+    "qwen2.5-vl-7b": (224, 336),
+    "gemma-3-4b": None,
+}
+
+
+def _refusal(model_type: str) -> str | None:
+    from lvpeft.pruning.families import FAMILIES
+
+    return next((f.refused for f in FAMILIES if model_type in f.model_types), None)
+
+
+@pytest.mark.parametrize("name", list(PRESET_IMAGES))
+def test_bench_runs_each_preset_shrunk(name: str) -> None:
+    """Each preset's family with its real token counts: the bench's inputs hold as many placeholders as
+    `lvpeft flops` counts, and pruning shrinks the KV cache (or the bench says why it cannot prune)."""
+    config = preset_config(name)
+    if _refusal(config.model_type):  # e.g. Gemma 3 while get_lvpruning_model refuses it
+        with pytest.raises(ValueError, match=r"LVPruning does not prune yet.*lvpeft flops"):
+            build_preset(name, "sdpa", torch.float32, shrink=True)
+        return
+    model = build_preset(name, "sdpa", torch.float32, shrink=True)
+    size = PRESET_IMAGES[name]
+    report = run_bench(model, keep=0.25, repeats=1, warmup=0, new_tokens=2, text_tokens=12, image_size=size)
+    expected = estimate_flops(config, text_tokens=12, image_size=size, schedule=[0.25])
+    assert report.setting["vision_tokens"] == expected.vision_tokens  # the full-size preset's count
+    assert report.setting["family"] == expected.family
+    assert report.kv_cache_ratio < 1
+    assert report.flops_speedup == pytest.approx(report.flops["base_tflops"] / report.flops["pruned_tflops"])
+
+
+def test_bench_cli_preset_and_image_size(monkeypatch, capsys) -> None:
+    import functools
+
+    from lvpeft.measure import bench
+
+    monkeypatch.setattr(bench, "build_preset", functools.partial(bench.build_preset, shrink=True))
+    argv = ["bench", "--preset", "qwen2.5-vl-7b", "--image-size", "224", "336", "--device", "cpu"]
+    assert main([*argv, "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--json"]) == 0
+    setting = json.loads(capsys.readouterr().out)["setting"]
+    assert (setting["family"], setting["image_size"], setting["vision_tokens"]) == (
+        "Qwen2.5-VL",
+        [224, 336],
+        96,
+    )
+
+
+def test_bench_says_when_a_preset_family_is_refused(monkeypatch, capsys) -> None:
+    """A refused family is named before billions of random weights are built; `lvpeft flops` counts it."""
+    import dataclasses
+
+    from lvpeft.pruning import families
+
+    refused = tuple(
+        dataclasses.replace(f, refused="its own attention mask is not followed")
+        if "gemma3" in f.model_types
+        else f
+        for f in families.FAMILIES
+    )
+    monkeypatch.setattr(families, "FAMILIES", refused)
+    assert main(["bench", "--preset", "gemma-3-4b", "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert "--preset gemma-3-4b is a Gemma 3 model, which LVPruning does not prune yet" in error
+    assert "its own attention mask is not followed" in error and "lvpeft flops" in error
+    assert main(["flops", "--model", "gemma-3-4b", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["vision_tokens"] == 256
+
+
+def test_serve_inputs_of_a_qwen_preset_are_left_padded_with_its_patches() -> None:
+    model = build_preset("qwen2.5-vl-7b", "sdpa", torch.float32, shrink=True)
+    inputs = make_serve_inputs(model, [3, 8], image_size=(224, 336))
+    image = model.config.image_token_id
+    assert inputs["input_ids"].shape == (2, 8 + 96)
+    assert (inputs["input_ids"] == image).sum(1).tolist() == [96, 96]
+    assert (
+        inputs["attention_mask"].sum(1).tolist() == [3 + 96, 8 + 96] and inputs["attention_mask"][0, 0] == 0
+    )
+    assert inputs["pixel_values"].shape == (2 * 16 * 24, 3 * 2 * 14 * 14)
+    assert inputs["image_grid_thw"].tolist() == [[1, 16, 24]] * 2
+    assert torch.equal(inputs["mm_token_type_ids"], (inputs["input_ids"] == image).int())

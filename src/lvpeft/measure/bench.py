@@ -1,8 +1,10 @@
 """`lvpeft bench`: measured cost of pruning, base vs pruned, in one process on the same inputs.
 
-For a LLaVA model (by default one built from a config with LLaVA-1.5's token counts: 576 vision
-tokens per image, at a width and depth a CPU runs in about a minute; `--preset llava-1.5-7b`: that
-architecture with random weights, for a GPU, see benchmarks/gpu.sh) and one LVPruning adapter
+For a multimodal model (by default a LLaVA built from a config with LLaVA-1.5's token counts: 576 vision
+tokens per image, at a width and depth a CPU runs in about a minute; `--preset llava-1.5-7b`,
+`llava-v1.6-mistral-7b`, `qwen2.5-vl-7b` or `gemma-3-4b`: that architecture with random weights, for a GPU,
+see benchmarks/gpu.sh; `--image-size H W` for the families whose token count depends on it) and one
+LVPruning adapter
 (random decision modules: speed does not depend on their values), it measures
 
 - prefill latency: one forward over the prompt with a fresh KV cache, `logits_to_keep=1`, as
@@ -40,6 +42,7 @@ import torch
 
 from ..pruning.scorers import BASELINES
 from ..tuner.config import LVPruningConfig
+from ..tuner.flops import estimate_flops
 from ..tuner.model import get_lvpruning_model, lvpruning_tuner
 from .bench_models import PRESETS, build_default_model, build_preset, make_inputs
 from .breakdown import StepCosts, format_breakdown, profile_prefill
@@ -105,16 +108,18 @@ def run_bench(
     baselines: bool | Sequence[str] = False,
     breakdown: bool = False,
     serve: ServeSetting | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> BenchReport:
     """Measure base vs pruned (and baselines) on `model` (see the module docstring); with `serve`,
     also the serving-shaped `generate()` of `lvpeft.measure.serve`. `baselines`: True for every
-    training-free scorer of `BASELINES`, or the names of some (e.g. `["fastv"]`)."""
+    training-free scorer of `BASELINES`, or the names of some (e.g. `["fastv"]`). `image_size`: (H, W)
+    of the prompt's image (None: 672 x 672; it sets the token count of LLaVA-NeXT and Qwen2-VL models)."""
     device = next(model.parameters()).device
     peft_model = get_lvpruning_model(model, LVPruningConfig(keep=keep, layers=layers, pruner_dim=pruner_dim))
     peft_model.eval()
     tuner = lvpruning_tuner(peft_model)
     config = tuner.active_config
-    inputs = make_inputs(model, batch, text_tokens)
+    inputs = make_inputs(model, batch, text_tokens, image_size=image_size)
     modules = len(config.layers)
 
     def as_base() -> Any:
@@ -158,7 +163,17 @@ def run_bench(
             )
         )
     serve_report = run_serve(peft_model, variants, serve) if serve is not None else None
-    flops = config.estimate_flops(model.config, text_tokens)
+    flops = estimate_flops(
+        model.config,
+        text_tokens=text_tokens,
+        layers=config.layers,
+        schedule=config.resolve_schedule(),
+        pruner_dim=config.pruner_dim,
+        pruner_heads=config.pruner_heads,
+        pruner_blocks=config.pruner_blocks,
+        pruner_ffn_mult=config.pruner_ffn_mult,
+        image_size=image_size,
+    )
     peft_model.unload()
     base, pruned = results[0], results[1]
     prefill_speedup = paired_speedup(base.prefill_ms_all, pruned.prefill_ms_all)
@@ -172,6 +187,8 @@ def run_bench(
             "pruner_dim": config.resolve_pruner_dim(model.config.text_config.hidden_size),
             "batch": batch,
             "text_tokens": text_tokens,
+            "family": flops.family,
+            "image_size": list(flops.image_size),
             "vision_tokens": int((inputs["input_ids"] == model.config.image_token_id).sum()) // batch,
             "new_tokens": new_tokens,
             "attn_implementation": model.config.text_config._attn_implementation,
@@ -207,7 +224,8 @@ def format_report(report: BenchReport) -> str:
     """A short human-readable table."""
     s = report.setting
     lines = [
-        f"{report.machine}; decoder {s['decoder']}, {s['vision_tokens']} vision + {s['text_tokens']} text "
+        f"{report.machine}; {s['family']}, decoder {s['decoder']}, {s['vision_tokens']} vision + "
+        f"{s['text_tokens']} text "
         f"tokens, batch {s['batch']}, {s['attn_implementation']}, {s['dtype']}; "
         f"keep {s['keep']} {s['schedule']} before layers {s['layers']}, module width {s['pruner_dim']}",
         f"{'variant':<10} {'prefill ms':>11} {'decode tok/s':>13} {'generate ms':>12} {'KV cache MB':>12}",
@@ -271,6 +289,15 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "--preset",
         choices=PRESETS,
         help="instead of --model: an architecture built with random weights, directly on --device in --dtype",
+    )
+    parser.add_argument(
+        "--image-size",
+        "--image_size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="the prompt image's height and width (default 672 672): sets the vision-token count of "
+        "LLaVA-NeXT (anyres tiles) and Qwen2.5-VL (dynamic resolution); other families resize it",
     )
     parser.add_argument(
         "--breakdown", action="store_true", help="also profile one prefill per variant: ms per step"
@@ -366,6 +393,7 @@ def bench_command(args: argparse.Namespace) -> int:
         baselines=baselines,
         breakdown=args.breakdown,
         serve=serve,
+        image_size=tuple(args.image_size) if args.image_size else None,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0

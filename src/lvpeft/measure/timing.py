@@ -89,6 +89,18 @@ def cache_bytes(cache: Any) -> int:
     return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
 
 
+def decode_positions(model: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of the last token of each row of `mask` (B, L), as `generate()` passes them: (B, 1), or
+    (3, B, 1) with the prefill's `rope_deltas` added for the Qwen2-VL family's M-RoPE (whose forward, given
+    only the mask, would compute positions for all L tokens)."""
+    positions = (mask.long().cumsum(-1) - 1)[:, -1:]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    deltas = getattr(getattr(base, "model", None), "rope_deltas", None)
+    if deltas is None:
+        return positions
+    return (positions + deltas.to(positions.device)).unsqueeze(0).expand(3, -1, -1)
+
+
 def decode_rate(model: Any, inputs: dict[str, torch.Tensor], steps: int, device: torch.device) -> float:
     """Tokens per second of `steps` greedy decode steps after a prefill (batch tokens count each)."""
     out, cache = prefill(model, inputs)
@@ -99,7 +111,13 @@ def decode_rate(model: Any, inputs: dict[str, torch.Tensor], steps: int, device:
     with torch.no_grad():
         for _ in range(steps):
             mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-            out = model(input_ids=token, attention_mask=mask, **cache_kwarg(model, cache), use_cache=True)
+            out = model(
+                input_ids=token,
+                attention_mask=mask,
+                position_ids=decode_positions(model, mask),
+                **cache_kwarg(model, cache),
+                use_cache=True,
+            )
             token = out.logits[:, -1:].argmax(-1)
     sync(device)
     return steps * token.shape[0] / (time.perf_counter() - start)
