@@ -244,6 +244,9 @@ def test_demo_training_processor_uses_the_helper() -> None:
     copy = training_processor(original)
     assert copy.chat_template == LLAVA_TRAINING_CHAT_TEMPLATE and copy is not original
     assert not has_generation_markers(original.chat_template)  # inference prompts keep the original
+    # the question-first base's template renders question-first turns as lvpeft's LLaVA-1.5 template does
+    question_first = training_processor(build_processor(question_first=True))
+    assert question_first.chat_template == LLAVA_TRAINING_CHAT_TEMPLATE
     qwen = training_processor(
         FAMILIES["qwen2.5-vl"].build(public_template("Qwen2.5-VL-7B-Instruct")), "qwen2_5_vl"
     )

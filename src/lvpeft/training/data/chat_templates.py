@@ -120,15 +120,16 @@ WHAT_TO_PASS = (
 
 _BOS = "{{- bos_token -}}"  # how the templates that write the BOS (writes_bos) start
 
-# a first turn with an image, and a second turn after an answer (rendered with a generation prompt)
-_FIRST_TURN = [
-    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}
-]
-_SECOND_TURN = [
-    *_FIRST_TURN,
-    {"role": "assistant", "content": [{"type": "text", "text": "A red cube."}]},
-    {"role": "user", "content": [{"type": "text", "text": "And behind it?"}]},
-]
+
+def _probes(image_first: bool) -> list[list[dict[str, Any]]]:
+    """A first turn with an image (before or after the question), and a second turn after an answer."""
+    blocks = [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]
+    first = [{"role": "user", "content": blocks if image_first else blocks[::-1]}]
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "A red cube."}]}
+    return [
+        first,
+        [*first, answer, {"role": "user", "content": [{"type": "text", "text": "And behind it?"}]}],
+    ]
 
 
 class ChatTemplateError(ValueError):
@@ -151,7 +152,9 @@ def training_chat_template(processor: Any, model: Any, name: str | None = None) 
     2. Else lvpeft's training template for the model's family (:data:`TRAINING_CHAT_TEMPLATES`, by
        ``config.model_type``): the first that renders a first-turn prompt and (where the history renders
        alike) a second-turn prompt exactly as the processor's own template does, with
-       ``add_generation_prompt=True``. A processor without a template gets the family's first (warned).
+       ``add_generation_prompt=True``, the image before the question or after it (a template that puts the
+       question first is checked on question-first turns). A processor without a template gets the
+       family's first (warned).
     3. Else :class:`ChatTemplateError`, saying what to pass.
 
     Args:
@@ -240,21 +243,29 @@ def _for_tokenizer(candidate: TrainingChatTemplate, adds_bos: bool) -> str:
 def _prompt_differences(
     processor: Any, candidate: TrainingChatTemplate, template: str, own: str
 ) -> str | None:
-    """None when ``template`` (the candidate's) renders the probe prompts as ``own`` does, except for a BOS
-    it writes that the tokenizer prepends to ``own``'s prompts; else the first difference."""
+    """None when ``template`` (the candidate's) renders the probe prompts as ``own`` does, with the image
+    before the question or with it after (as the data has it), except for a BOS it writes that the
+    tokenizer prepends to ``own``'s prompts; else the first difference."""
     tokenizer = getattr(processor, "tokenizer", processor)
     bos = getattr(tokenizer, "bos_token", None)
-    for messages in [_FIRST_TURN, _SECOND_TURN] if candidate.same_history else [_FIRST_TURN]:
-        ours = _render(processor, template, messages)
-        try:
-            theirs = _render(processor, own, messages)
-        except Exception as error:  # the model's template may refuse the probe (roles, content types)
-            return f"{ours!r}, where the model's template fails on the same conversation ({error})"
-        if template.startswith(_BOS) and bos and ours.startswith(bos) and not theirs.startswith(bos):
-            ours = ours[len(bos) :]  # the tokenizer prepends it to the model's prompt
-        if ours != theirs:
-            return f"{ours!r} where the model's renders {theirs!r}"
-    return None
+    differences = []
+    for image_first in (True, False):
+        probes = _probes(image_first)
+        for messages in probes if candidate.same_history else probes[:1]:
+            ours = _render(processor, template, messages)
+            try:
+                theirs = _render(processor, own, messages)
+            except Exception as error:  # the model's template may refuse the probe (roles, content types)
+                differences.append(f"{ours!r}, where the model's template fails on it ({error})")
+                break
+            if template.startswith(_BOS) and bos and ours.startswith(bos) and not theirs.startswith(bos):
+                ours = ours[len(bos) :]  # the tokenizer prepends it to the model's prompt
+            if ours != theirs:
+                differences.append(f"{ours!r} where the model's renders {theirs!r}")
+                break
+        else:
+            return None
+    return differences[0]
 
 
 def _render(processor: Any, template: str, messages: list[dict[str, Any]]) -> str:
