@@ -361,3 +361,15 @@ def test_cli_reads_a_local_qwen_processors_pixel_bounds(tmp_path, capsys):
     assert json.loads(run_cli(argv, capsys))["vision_tokens"] == 252  # 12 x 21 merged tokens (256 max)
     override = json.loads(run_cli([*argv, "--max-pixels", "12845056"], capsys))
     assert override["vision_tokens"] == 2691 and override["resized_size"] == [1092, 1932]
+
+
+def test_docs_preset_table_is_current():
+    from pathlib import Path
+
+    from lvpeft.measure.flops_command import format_preset_table
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "performance.md").read_text()
+    table = doc.split("<!-- presets:start -->\n")[1].split("\n<!-- presets:end -->")[0]
+    assert table == format_preset_table(), (
+        "regenerate it with lvpeft.measure.flops_command.format_preset_table()"
+    )

@@ -208,3 +208,29 @@ def format_report(report: FlopsReport) -> str:
         f"{report.pruner_tflops / report.base_tflops:.1%} of base)"
     )
     return "\n".join([header, *lines, footer])
+
+
+def format_preset_table(keep: float = 0.1, text_tokens: int = 30) -> str:
+    """A Markdown table of every preset at the paper's schedule ending at `keep` (lvpeft's light modules,
+    default placement), for a 672 x 672 image and, where the count depends on the size, a 1080 x 1920 one:
+    vision tokens, TFLOPs base and pruned (modules included), and the share of the base spent in the
+    vision tower, which pruning does not touch (docs/performance.md holds it; a test keeps it current)."""
+    rows = [
+        "| preset | image | vision tokens | base TFLOPs | pruned TFLOPs | reduction | vision tower share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in PRESETS:
+        counted = set()
+        for size in ((672, 672), (1080, 1920)):
+            report = estimate_flops(
+                preset_config(name), text_tokens=text_tokens, schedule=paper_schedule(keep), image_size=size
+            )
+            if report.vision_tokens in counted:
+                continue
+            counted.add(report.vision_tokens)
+            rows.append(
+                f"| `{name}` | {size[0]} x {size[1]} | {report.vision_tokens:,} | {report.base_tflops:.2f} | "
+                f"{report.pruned_tflops:.2f} | −{100 * report.flops_reduction:.1f} % | "
+                f"{100 * report.base.vision / report.base.total:.0f} % |"
+            )
+    return "\n".join(rows)

@@ -94,7 +94,7 @@ def flops_family(config: Any) -> str:
     name = f"{names[0]} (`{model_type}`)" if names else f"`{model_type or type(config).__name__}`"
     counted = ", ".join(dict.fromkeys(FLOPS_FAMILIES.values()))
     raise ValueError(
-        f"lvpeft flops does not count {name} models: its vision tokens and tower are not described "
+        f"lvpeft flops and bench do not count {name} models: their vision tokens and tower are not described "
         f"(counted families: {counted})."
     )
 
