@@ -72,6 +72,14 @@ def tiny_config(family: str) -> tf.PreTrainedConfig:
             vision_feature_select_strategy="full",
             **anyres,
         )
+    if family == "llava-siglip":  # "default" drops the first token although SigLIP has no CLS: 15 tokens
+        return tf.LlavaConfig(
+            vision_config=_tower(tf.SiglipVisionConfig),
+            text_config=_text(),
+            image_token_index=IMAGE,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+        )
     if family == "vipllava":
         return tf.VipLlavaConfig(
             vision_config=_tower(),
@@ -100,6 +108,7 @@ def tiny_config(family: str) -> tf.PreTrainedConfig:
 
 
 MODEL_CLASSES = {
+    "llava-siglip": tf.LlavaForConditionalGeneration,
     "llava-next": tf.LlavaNextForConditionalGeneration,
     "llava-onevision": tf.LlavaOnevisionForConditionalGeneration,
     "vipllava": tf.VipLlavaForConditionalGeneration,
@@ -193,6 +202,7 @@ def test_tiny_families_token_counts() -> None:
     assert counts["gemma3"].llm_tokens == 16 and counts["gemma3"].tower_tokens == 64
     assert counts["paligemma"].llm_tokens == 16
     assert counts["vipllava"].llm_tokens == 16
+    assert counts["llava-siglip"].llm_tokens == 15
     # OneVision: 2 x 2 tiles of 4 x 4 features, unpadded to 8 x 6 (48 > 1.1 x 16): reduced
     assert counts["llava-onevision"].llm_tokens < 16 + 48 + 8
 

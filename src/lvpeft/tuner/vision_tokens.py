@@ -143,10 +143,8 @@ def image_tokens(
         return ImageTokens(family, size, 1, patches, patches, config.mm_tokens_per_image, resized=square)
     cls = 1 if str(getattr(vc, "model_type", "")).startswith("clip") else 0
     selected = patches + cls
-    if getattr(config, "vision_feature_select_strategy", "full") == "default":
-        selected -= cls  # "default" drops CLS (and nothing when the tower has none)
-    if model_type == "vipllava":
-        selected = patches  # VipLlava always drops the first token of each selected layer
+    if model_type == "vipllava" or getattr(config, "vision_feature_select_strategy", "full") == "default":
+        selected -= 1  # the first token is dropped: CLS, or a patch for a tower without CLS (SigLIP)
     if model_type not in _ANYRES:
         return ImageTokens(family, size, 1, patches + cls, selected, selected, resized=square)
     best = best_resolution(height, width, config.image_grid_pinpoints)
