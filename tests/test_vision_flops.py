@@ -307,3 +307,24 @@ def test_bad_image_size_is_refused() -> None:
     for bad in [(0, 10), (10,), (10.5, 10)]:
         with pytest.raises(ValueError, match="image_size"):
             image_tokens(config, bad)
+
+
+def test_onevision_counts_match_its_processors_formula() -> None:
+    """LLaVA-OneVision's processor cannot be built offline here (its video processor needs torchvision):
+    its own counting methods are called on a stand-in holding the checkpoints' settings (384 px SigLIP
+    tiles, 729 tokens each, grids up to 6 x 6, anyres_max_9), for sizes below and above the reduction."""
+    from types import SimpleNamespace
+
+    processor = tf.LlavaOnevisionProcessor
+    config = tf.LlavaOnevisionConfig(text_config=tf.Qwen2Config())
+    stand_in = SimpleNamespace(
+        image_processor=SimpleNamespace(image_grid_pinpoints=config.image_grid_pinpoints),
+        num_image_tokens=729,
+        vision_aspect_ratio="anyres_max_9",
+    )
+    stand_in._get_unpadded_features = lambda *args: processor._get_unpadded_features(stand_in, *args)
+    for height, width in [*SIZES, (384, 384), (2000, 3000), (3000, 800), (1080, 1920)]:
+        expected = processor._get_number_of_features(stand_in, height, width, 384, 384)
+        assert image_tokens(config, (height, width)).llm_tokens == expected, (height, width)
+    assert image_tokens(config, (2000, 3000)).views == 1 + 4 * 6  # reduced to about 9 views' worth
+    assert image_tokens(config, (2000, 3000)).llm_tokens < 729 + 10 * 729
