@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from helpers import randomize_heads, tiny_text_kwargs, tiny_vision_kwargs
 from lvpeft import LVPruningConfig, get_lvpruning_model, lvpruning_tuner
 from lvpeft.pruning.architecture import find_llava_parts
+from lvpeft.pruning.decisions import keep_counts
 from lvpeft.pruning.families import FAMILIES, describe_family, supported_families
 
 VOCAB, IMAGE, VIDEO, VISION_START, PAD = 128, 120, 121, 122, 0
@@ -320,6 +321,8 @@ def test_family_is_found_through_its_description(family: str) -> None:
     parts = find_llava_parts(model)
     assert parts.family is not None and parts.family.name == CASES[family][0]
     assert parts.image_token_id == IMAGE and parts.num_layers == 4 and parts.hidden_size == 64
+    takes_video = family in ("llava-next-video", "llava-onevision") or family.startswith("qwen")
+    assert parts.video_token_id == (VIDEO if takes_video else None)  # video tokens are pruned too
     assert describe_family(model) is parts.family
 
 
@@ -401,24 +404,27 @@ def test_batched_equals_one_by_one(family: str) -> None:
             assert alone.tolist() == tokens[i].tolist()
 
 
+@pytest.mark.parametrize("with_image", [True, False], ids=["video-and-image", "video-only"])
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3-vl-moe"])
-def test_video_tokens_stay_and_images_are_pruned_exactly(family: str) -> None:
-    """A prompt with a video (2 frames: 32 tokens) and an image (16 tokens): only image tokens are pruned.
+def test_video_frames_are_pruned_like_images(family: str, with_image: bool) -> None:
+    """A prompt with a video (2 frames: 32 tokens) and, or not, an image (16 tokens): video and image tokens
+    are pruned together, in one budget, exactly (M-RoPE positions of every kept frame token kept).
 
     Qwen3-VL separates a video's frames by timestamp text (one token here); its DeepStack features of
     both the video and the image follow the kept tokens."""
     video = [*[VIDEO] * 16, 4, *[VIDEO] * 16] if family.startswith("qwen3") else [VIDEO] * 32
-    ids = torch.tensor([[1, 5, *video, 6, *[IMAGE] * 16, 7, 8, 9]])
+    image = [6, *[IMAGE] * 16] if with_image else [6]
+    ids = torch.tensor([[1, 5, *video, *image, 7, 8, 9]])
     g = torch.Generator().manual_seed(3)
     inputs = {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
-        "pixel_values": torch.randn(64, 96, generator=g),
-        "image_grid_thw": torch.tensor([[1, 8, 8]]),
         "pixel_values_videos": torch.randn(128, 96, generator=g),
         "video_grid_thw": torch.tensor([[2, 8, 8]]),
         "mm_token_type_ids": (ids == IMAGE).int() + 2 * (ids == VIDEO).int(),
     }
+    if with_image:
+        inputs.update(pixel_values=torch.randn(64, 96, generator=g), image_grid_thw=torch.tensor([[1, 8, 8]]))
 
     def copy() -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in inputs.items()}
@@ -436,12 +442,17 @@ def test_video_tokens_stay_and_images_are_pruned_exactly(family: str) -> None:
         with tuner.masked_inference():
             masked_gen = model.generate(**copy(), **GENERATE)
     torch.testing.assert_close(same, base, atol=1e-5, rtol=0)
-    text = ids != IMAGE
-    torch.testing.assert_close(removed[text], masked[text], atol=1e-5, rtol=0)
+    vision = (ids == IMAGE) | (ids == VIDEO)
+    torch.testing.assert_close(removed[~vision], masked[~vision], atol=1e-5, rtol=0)
+    assert not torch.allclose(removed[0, -1], base[0, -1], atol=1e-3), "pruning had no effect"
     assert torch.equal(removed_gen.sequences, masked_gen.sequences)
-    unpruned = ids.shape[1] - 16  # text and video
-    assert [layer.keys.shape[-2] for layer in cache_.layers] == [unpruned + k for k in (16, 10, 7, 4)]
-    assert tuner.pruning_stats.keep_ratios == [10 / 16, 7 / 16, 4 / 16]
+    n = int(vision.sum())  # 48 or 32
+    kept = [
+        int(keep_counts(torch.tensor([n]), r)[0]) for r in model.peft_config["default"].resolve_schedule()
+    ]
+    text = ids.shape[1] - n
+    assert [layer.keys.shape[-2] for layer in cache_.layers] == [text + k for k in (n, *kept)]
+    assert tuner.pruning_stats.keep_ratios == pytest.approx([k / n for k in kept], abs=1e-6)
 
 
 @pytest.mark.parametrize("family", list(CASES))

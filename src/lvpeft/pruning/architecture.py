@@ -28,6 +28,7 @@ class LlavaParts:
         language_model: the decoder stack (`LlamaModel`, `Qwen2Model`, ...).
         layers: its decoder layers, in order.
         image_token_id: id of the placeholder token that image features replace.
+        video_token_id: id of the video placeholder token (pruned like image tokens), or None.
         hidden_size: d, the language model's width.
         sliding_windows: per decoder layer, the sliding-window length or None for full attention.
         family: the description the parts were found through (`families.py`).
@@ -43,6 +44,7 @@ class LlavaParts:
     sliding_windows: list[int | None]
     family: FamilyDescription | None = None
     causal: bool = True
+    video_token_id: int | None = None
 
     @property
     def num_layers(self) -> int:
@@ -124,6 +126,9 @@ def find_llava_parts(model: nn.Module) -> LlavaParts:
         sliding_windows=_sliding_windows(text_config, len(layers)),
         family=family,
         causal=causal,
+        video_token_id=next(
+            (int(v) for k in family.video_token_keys if (v := getattr(config, k, None)) is not None), None
+        ),
     )
 
 

@@ -36,6 +36,8 @@ class FamilyDescription:
             `...ForCausalLM`).
         layers_attr: the decoder stack's `ModuleList` of decoder layers.
         image_token_keys: config keys of the image placeholder token id, tried in order.
+        video_token_keys: config keys of the video placeholder token id, tried in order (empty: the
+            family takes no videos). Video tokens are pruned like image tokens, in one budget.
         positions: "rope" (1-D positions, `position_ids` (B, L)) or "mrope" (Qwen2-VL's 3-D
             multimodal RoPE: the decoder receives the composed (B, L, d) cos/sin tables and 2-D text
             `position_ids` or None, so gathering them per kept token is exact).
@@ -56,6 +58,7 @@ class FamilyDescription:
     language_attr: str = "language_model"
     layers_attr: str = "layers"
     image_token_keys: tuple[str, ...] = ("image_token_id", "image_token_index")
+    video_token_keys: tuple[str, ...] = ()
     positions: Literal["rope", "mrope"] = "rope"
     attention_blocks: Literal["images", "prefix"] | None = None
     deepstack: bool = False
@@ -68,7 +71,8 @@ class FamilyDescription:
         return self.refused is None
 
 
-_VIDEO_NOTE = "video placeholder tokens are kept as language tokens (not pruned)."
+_VIDEO_NOTE = "video frames are pruned like images."
+_VIDEO_KEYS = ("video_token_id", "video_token_index")
 
 FAMILIES: tuple[FamilyDescription, ...] = (
     FamilyDescription(
@@ -86,14 +90,16 @@ FAMILIES: tuple[FamilyDescription, ...] = (
     FamilyDescription(
         name="LLaVA-NeXT-Video",
         model_classes=("LlavaNextVideoForConditionalGeneration", "LlavaNextVideoModel"),
+        video_token_keys=_VIDEO_KEYS,
         model_types=("llava_next_video",),
-        notes=_VIDEO_NOTE,
+        notes="video frames are pruned like images (the video path is tested on the Qwen-VL families).",
     ),
     FamilyDescription(
         name="LLaVA-OneVision",
         model_classes=("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionModel"),
+        video_token_keys=_VIDEO_KEYS,
         model_types=("llava_onevision",),
-        notes=_VIDEO_NOTE,
+        notes="video frames are pruned like images (the video path is tested on the Qwen-VL families).",
     ),
     FamilyDescription(
         name="VipLlava",
@@ -118,6 +124,7 @@ FAMILIES: tuple[FamilyDescription, ...] = (
     FamilyDescription(
         name="Qwen2-VL",
         model_classes=("Qwen2VLForConditionalGeneration", "Qwen2VLModel"),
+        video_token_keys=_VIDEO_KEYS,
         model_types=("qwen2_vl",),
         vision_attr="visual",
         image_token_keys=("image_token_id",),
@@ -127,6 +134,7 @@ FAMILIES: tuple[FamilyDescription, ...] = (
     FamilyDescription(
         name="Qwen2.5-VL",
         model_classes=("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"),
+        video_token_keys=_VIDEO_KEYS,
         model_types=("qwen2_5_vl",),
         vision_attr="visual",
         image_token_keys=("image_token_id",),
@@ -171,6 +179,7 @@ FAMILIES: tuple[FamilyDescription, ...] = (
             "Qwen3VLMoeForConditionalGeneration",
             "Qwen3VLMoeModel",
         ),
+        video_token_keys=_VIDEO_KEYS,
         model_types=("qwen3_vl", "qwen3_vl_moe"),
         vision_attr="visual",
         image_token_keys=("image_token_id",),

@@ -365,27 +365,28 @@ class TokenPruner:
         return unseen.to(device=vision.device, dtype=torch.bool)
 
     def _vision_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
-        """(B, L) bool: which input positions are image placeholder tokens."""
+        """(B, L) bool: which input positions are image (or video) placeholder tokens."""
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        image_token = self.parts.image_token_id
+        tokens = [t for t in (self.parts.image_token_id, self.parts.video_token_id) if t is not None]
         if input_ids is not None:
-            return input_ids == image_token
+            return torch.isin(input_ids, torch.tensor(tokens, device=input_ids.device))
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
             return None
         table = module.get_input_embeddings()
-        marker = table(torch.tensor(image_token, device=embeds.device)).to(embeds.dtype)
-        return (embeds == marker).all(dim=-1)
+        markers = table(torch.tensor(tokens, device=embeds.device)).to(embeds.dtype)  # (T, d)
+        return (embeds[:, :, None, :] == markers).all(dim=-1).any(dim=-1)
 
 
 def _has_image_inputs(kwargs: dict) -> bool:
-    """Whether this forward brings image features for its image tokens (pixels or precomputed outputs)."""
-    if kwargs.get("pixel_values") is not None:
+    """Whether this forward brings image or video features for its placeholder tokens (pixels or
+    precomputed outputs)."""
+    if kwargs.get("pixel_values") is not None or kwargs.get("pixel_values_videos") is not None:
         return True
     outputs = kwargs.get("mm_encoder_outputs")
     if isinstance(outputs, torch.Tensor):  # Idefics3 / SmolVLM's deprecated form: the image features
         return True
-    return isinstance(outputs, dict) and outputs.get("image") is not None
+    return isinstance(outputs, dict) and any(outputs.get(kind) is not None for kind in ("image", "video"))
 
 
 def _cache_argument(kwargs: dict) -> Any:
