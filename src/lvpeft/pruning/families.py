@@ -194,8 +194,11 @@ FAMILIES: tuple[FamilyDescription, ...] = (
         model_types=("llama4",),
         vision_attr="vision_model",
         refused=(
-            "it has not been checked (its language model is a `Llama4ForCausalLM` with chunked and "
-            "no-RoPE layers, and no tiny test covers it yet)"
+            "it cannot be checked: in transformers 5.24 `Llama4ForConditionalGeneration.forward` itself "
+            "fails on any input (AttributeError: 'MoeCausalLMOutputWithPast' object has no attribute "
+            "'image_outputs'); beyond that, its decoder sits one level deeper (`language_model.model`), "
+            "its chunked-attention layers count chunks from the first real token, and its no-RoPE layers "
+            "scale queries by slot index, none of which the pruning follows yet"
         ),
     ),
 )
