@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..tuner.vision_tokens import ImageTokens, image_tokens
-from .presets import PRESET_CONFIGS, preset_config, shrunk_config
+from .presets import PRESET_CONFIGS, SPECIAL_TOKEN_KEYS, preset_config, shrunk_config
 
 DEFAULT_CONFIG = dict(hidden=512, layers=8, heads=8, kv_heads=8, mlp=1376, vocab=32064, image=336, patch=14)
 """`lvpeft bench`'s default model: LLaVA-1.5's token counts (576 vision tokens) and a small decoder."""
@@ -131,19 +131,9 @@ def build_default_model(attn: str = "sdpa", dtype: torch.dtype = torch.float32, 
     return build_llava(**DEFAULT_CONFIG, attn=attn, dtype=dtype, seed=seed)
 
 
-_SPECIAL_TOKEN_KEYS = (
-    "image_token_id",
-    "video_token_id",
-    "vision_start_token_id",
-    "vision_end_token_id",
-    "boi_token_index",
-    "eoi_token_index",
-)
-
-
 def _special_ids(config: Any) -> list[int]:
     """The multimodal placeholder and marker token ids of `config` (never drawn as text tokens)."""
-    return [v for k in _SPECIAL_TOKEN_KEYS if isinstance(v := getattr(config, k, None), int)]
+    return [v for k in SPECIAL_TOKEN_KEYS if isinstance(v := getattr(config, k, None), int)]
 
 
 def _pixel_inputs(

@@ -211,7 +211,7 @@ PRESET_CHECKPOINTS: dict[str, str] = {
 }
 """Preset name -> the Hub checkpoint whose architecture it reproduces."""
 
-_SPECIAL_TOKEN_KEYS = (
+SPECIAL_TOKEN_KEYS = (
     "image_token_id",
     "video_token_id",
     "vision_start_token_id",
@@ -219,6 +219,7 @@ _SPECIAL_TOKEN_KEYS = (
     "boi_token_index",
     "eoi_token_index",
 )
+"""Config keys of the special token ids a family places in prompts (image, video, start/end markers)."""
 
 
 def preset_config(name: str) -> PreTrainedConfig:
@@ -249,7 +250,7 @@ def shrunk_config(config: PreTrainedConfig, vocab: int = 1024) -> PreTrainedConf
         tc.layer_types = [*types, "full_attention" if "full_attention" in tc.layer_types else types[-1]]
     if "mrope_section" in (getattr(tc, "rope_parameters", None) or {}):
         tc.rope_parameters = {**tc.rope_parameters, "mrope_section": [4, 2, 2]}  # head_dim 16
-    for i, key in enumerate(k for k in _SPECIAL_TOKEN_KEYS if getattr(config, k, None) is not None):
+    for i, key in enumerate(k for k in SPECIAL_TOKEN_KEYS if getattr(config, k, None) is not None):
         setattr(config, key, vocab - 1 - i)
     return config
 
