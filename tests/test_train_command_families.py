@@ -5,6 +5,7 @@ answers and their end-of-turn token, and the adapter trains, saves and prunes at
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from family_processors import (
     skip_video_processors,
 )
 from helpers import tiny_text_kwargs, tiny_vision_kwargs, write_llava_json
+from lvpeft.cli import main as lvpeft_main
 from lvpeft.training.data.training_templates import (
     GEMMA3_TRAINING_CHAT_TEMPLATE,
     QWEN2_VL_TRAINING_CHAT_TEMPLATE,
@@ -191,6 +193,16 @@ def test_train_uses_the_family_template_and_the_adapter_prunes(
         model.generate(**inputs, max_new_tokens=2, do_sample=False)
     kept = lvpeft.lvpruning_tuner(model).pruning_stats.keep_ratios  # of the prefill: vision tokens kept
     assert len(kept) == 3 and 0 < kept[-1] <= 0.25 + 1e-6, kept
+
+    # lvpeft eval compares the adapter with the unpruned model and the training-free scorers on the family
+    report = tmp_path / "eval.json"
+    argv = ["eval", "--model", str(out), "--data", workspace["data"], "--image-folder", workspace["images"]]
+    argv += ["--keeps", "0.25", "--max-samples", "4", "--no-progress", "--device", "cpu"]
+    argv += ["--json", str(report)]
+    assert lvpeft_main(argv) == 0
+    rows = json.loads(report.read_text())["rows"]
+    methods = {(r["method"], r["keep"]) for r in rows}
+    assert {("unpruned", None), ("lvpruning", 0.25), ("random", 0.25), ("fastv", 0.25)} <= methods, methods
 
 
 RANK_SCRIPT = """

@@ -150,13 +150,17 @@ def tokenize_sample(processor: Any, sample: EvalSample, template: str) -> Tokeni
 def encode_batch(
     processor: Any, samples: Sequence[EvalSample], tokenized: Sequence[TokenizedSample]
 ) -> EncodedBatch:
-    """Process the prompts and images of `samples` (left padding) and pad their answer tokens (right)."""
+    """Process the prompts and images of `samples` (left padding) and pad their answer tokens (right).
+
+    The images go to the processor nested per prompt (`[[image, ...], ...]`), which every family's
+    processor reads (Gemma 3's requires it); None when no prompt has one.
+    """
     tokenizer = getattr(processor, "tokenizer", processor)
     add_special = {t.add_special_tokens for t in tokenized}
     if len(add_special) != 1:
         raise ValueError("all prompts of a batch must be rendered the same way (BOS written or not).")
     prompt = processor(
-        images=[image for s in samples for image in s.images],
+        images=[list(s.images) for s in samples] if any(s.images for s in samples) else None,
         text=[t.prompt_text for t in tokenized],
         padding=True,
         padding_side="left",
