@@ -609,14 +609,14 @@ def test_described_model_without_its_parts_names_the_family_and_the_part() -> No
 def test_precomputed_image_features_count_as_images() -> None:
     """A forward that brings image features instead of pixels is pruned too, in every form a family
     accepts them (Idefics3 / SmolVLM also take a plain tensor, their deprecated form)."""
-    from lvpeft.pruning.hooks import _has_image_inputs
+    from lvpeft.pruning.inputs import has_image_inputs
 
-    assert _has_image_inputs({"pixel_values": torch.zeros(1, 3, 8, 8)})
-    assert _has_image_inputs({"mm_encoder_outputs": torch.zeros(1, 4, 8)})
-    assert _has_image_inputs({"mm_encoder_outputs": {"image": torch.zeros(1, 4, 8)}})
-    assert not _has_image_inputs({"mm_encoder_outputs": None})
-    assert not _has_image_inputs({"mm_encoder_outputs": {}})
-    assert not _has_image_inputs({})
+    assert has_image_inputs({"pixel_values": torch.zeros(1, 3, 8, 8)})
+    assert has_image_inputs({"mm_encoder_outputs": torch.zeros(1, 4, 8)})
+    assert has_image_inputs({"mm_encoder_outputs": {"image": torch.zeros(1, 4, 8)}})
+    assert not has_image_inputs({"mm_encoder_outputs": None})
+    assert not has_image_inputs({"mm_encoder_outputs": {}})
+    assert not has_image_inputs({})
 
 
 def test_readme_families_table_is_generated_and_current() -> None:

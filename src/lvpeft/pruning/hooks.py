@@ -48,6 +48,7 @@ from .decisions import (
     select_top_k,
 )
 from .deepstack import route_deepstack, unroute_deepstack
+from .inputs import cache_argument, has_image_inputs, vision_mask
 from .masks import attention_blocks, stage_attention_mask
 from .mass import mass_bias, merge_stage
 from .plan import PruneMode, PruningPlan, PruningStats
@@ -126,14 +127,14 @@ class TokenPruner:
         if plan is None:
             self.stats = PruningStats()
             return
-        vision = self._vision_mask(module, args, kwargs)
+        vision = vision_mask(self.parts, module, args, kwargs)
         if vision is None:
             return
-        has_images = _has_image_inputs(kwargs)  # host-side: decode steps bring no images, and read no tensor
+        has_images = has_image_inputs(kwargs)  # host-side: decode steps bring no images, and read no tensor
         if not has_images:
             # an image-placeholder id without image features (e.g. one the model generated) is a plain token
             vision = torch.zeros_like(vision)
-        cache = _cache_argument(kwargs)
+        cache = cache_argument(kwargs)
         past = cache.get_seq_length() if cache is not None else 0
         state: CacheState | None = getattr(cache, STATE_ATTR, None) if cache is not None else None
         attention_mask = kwargs.get("attention_mask")
@@ -363,36 +364,6 @@ class TokenPruner:
                 "(e.g. labels != -100)."
             )
         return unseen.to(device=vision.device, dtype=torch.bool)
-
-    def _vision_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
-        """(B, L) bool: which input positions are image (or video) placeholder tokens."""
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        tokens = [t for t in (self.parts.image_token_id, self.parts.video_token_id) if t is not None]
-        if input_ids is not None:
-            return torch.isin(input_ids, torch.tensor(tokens, device=input_ids.device))
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is None:
-            return None
-        table = module.get_input_embeddings()
-        markers = table(torch.tensor(tokens, device=embeds.device)).to(embeds.dtype)  # (T, d)
-        return (embeds[:, :, None, :] == markers).all(dim=-1).any(dim=-1)
-
-
-def _has_image_inputs(kwargs: dict) -> bool:
-    """Whether this forward brings image or video features for its placeholder tokens (pixels or
-    precomputed outputs)."""
-    if kwargs.get("pixel_values") is not None or kwargs.get("pixel_values_videos") is not None:
-        return True
-    outputs = kwargs.get("mm_encoder_outputs")
-    if isinstance(outputs, torch.Tensor):  # Idefics3 / SmolVLM's deprecated form: the image features
-        return True
-    return isinstance(outputs, dict) and any(outputs.get(kind) is not None for kind in ("image", "video"))
-
-
-def _cache_argument(kwargs: dict) -> Any:
-    """The KV cache a forward received: `cache=` since transformers 5.24, `past_key_values=` before."""
-    cache = kwargs.get("cache")
-    return cache if cache is not None else kwargs.get("past_key_values")
 
 
 def _attention_loss(context: ScoringContext, scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
