@@ -258,6 +258,11 @@ def test_train_eval_data_logs_the_validation_nll(ws: dict[str, str], tmp_path: P
     assert training_logs == [1, 2, 3]  # the validation log does not swallow the step's training log
     callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ValidationNLLCallback))
     assert len(callback.samples) == 4 and callback.history[-1]["eval_nll/lvp"] == logged[-1]["eval_nll/lvp"]
+    trainer.create_model_card()  # the card reports the last validation
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## Validation" in card and "4 held-out questions after step 3, keep 0.25" in card
+    assert f"| this adapter | {logged[-1]['eval_nll/lvp']:.4f} |" in card
+    assert f"| random scorer, same positions and budget | {logged[-1]['eval_nll/random']:.4f} |" in card
 
 
 @pytest.mark.parametrize(

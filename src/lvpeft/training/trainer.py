@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from trl import SFTTrainer
 
 from ..pruning.decisions import attention_rank_loss
-from ..tuner.card import write_model_card
+from ..tuner.card import ValidationFacts, write_model_card
 from ..tuner.config import LVPruningConfig
 from ..tuner.model import lvpruning_tuner
 from .teacher_importance import importance_after, recording_importance
@@ -200,5 +200,25 @@ class LVPruningTrainer(SFTTrainer):
         super().create_model_card(*args, **kwargs)
         if self.is_world_process_zero():
             write_model_card(
-                self.args.output_dir, self.lvpruning_config.card_facts(), training_args=self.args, force=True
+                self.args.output_dir,
+                self.lvpruning_config.card_facts(),
+                training_args=self.args,
+                force=True,
+                validation=self._last_validation(),
             )
+
+    def _last_validation(self) -> ValidationFacts | None:
+        """The last measurement of a `ValidationNLLCallback` (`--eval_data`), if one ran."""
+        from .eval_callback import ValidationNLLCallback
+
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ValidationNLLCallback) and callback.history:
+                last = callback.history[-1]
+                return ValidationFacts(
+                    adapter=last["eval_nll/lvp"],
+                    random=last["eval_nll/random"],
+                    unpruned=callback.unpruned,
+                    questions=len(callback.samples),
+                    step=int(last["step"]),
+                )
+        return None

@@ -76,13 +76,35 @@ def render_card_body(config: CardFacts, adapter_id: str | None = None) -> str:
     return template.format(**values)
 
 
+@dataclass(frozen=True)
+class ValidationFacts:
+    """The last validation of a training run (`lvpeft train --eval_data`), for the card.
+
+    Attributes:
+        adapter, random, unpruned: mean NLL per reference-answer token (nats) of the adapter at its keep
+            ratio, of a seeded random scorer at the same positions and budget, and of the base model.
+        questions: how many validation questions; step: the optimizer step measured.
+    """
+
+    adapter: float
+    random: float
+    unpruned: float
+    questions: int
+    step: int
+
+
 def write_model_card(
-    save_directory: str, config: CardFacts, *, training_args: Any = None, force: bool = False
+    save_directory: str,
+    config: CardFacts,
+    *,
+    training_args: Any = None,
+    force: bool = False,
+    validation: ValidationFacts | None = None,
 ) -> None:
     """Create or update `save_directory/README.md` for an LVPruning adapter (see module docstring).
 
-    `training_args` (a `TrainingArguments`) adds the run's hyper-parameters; `force` replaces any body
-    (the trainer uses it over the generic card it writes first).
+    `training_args` (a `TrainingArguments`) adds the run's hyper-parameters and `validation` its last
+    validation; `force` replaces any body (the trainer uses it over the generic card it writes first).
     """
     path = os.path.join(save_directory, "README.md")
     card = ModelCard.load(path) if os.path.exists(path) else ModelCard("---\n---\n")
@@ -98,7 +120,11 @@ def write_model_card(
     text = card.text.strip()
     if force or not text or MARKER in text or PEFT_TEMPLATE_MARKER in text:
         adapter_id = os.path.basename(os.path.normpath(save_directory))
-        card.text = render_card_body(config, adapter_id=adapter_id) + _training_section(training_args)
+        card.text = (
+            render_card_body(config, adapter_id=adapter_id)
+            + _training_section(training_args)
+            + _validation_section(validation, config.keep)
+        )
     card.save(path)
 
 
@@ -157,6 +183,24 @@ def _training_section(args: Any) -> str:
     return (
         "\n## Training\n\nTrained with `lvpeft.LVPruningTrainer` (TRL's SFTTrainer, base model frozen).\n\n"
         f"| setting | value |\n|---|---|\n{rows}\n"
+    )
+
+
+def _validation_section(validation: ValidationFacts | None, keep: float) -> str:
+    if validation is None:
+        return ""
+    verdict = (
+        "The adapter beats random pruning at the same budget."
+        if validation.adapter < validation.random
+        else "**The adapter does NOT beat random pruning at the same budget** (lvpeft's docs/evaluation.md)."
+    )
+    return (
+        f"\n## Validation\n\nMean NLL per reference-answer token (nats; lower is better) on "
+        f"{validation.questions} held-out questions after step {validation.step}, keep {keep:g}:\n\n"
+        "| model | answer NLL |\n|---|---|\n"
+        f"| base model, unpruned | {validation.unpruned:.4f} |\n"
+        f"| this adapter | {validation.adapter:.4f} |\n"
+        f"| random scorer, same positions and budget | {validation.random:.4f} |\n\n{verdict}\n"
     )
 
 
