@@ -133,13 +133,16 @@ def test_bench_cli_preset_and_image_size(monkeypatch, capsys) -> None:
 
     monkeypatch.setattr(bench, "build_preset", functools.partial(bench.build_preset, shrink=True))
     argv = ["bench", "--preset", "qwen2.5-vl-7b", "--image-size", "224", "336", "--device", "cpu"]
+    argv += ["--serve", "--serve-prompts", "2", "--serve-new-tokens", "2", "--serve-repeats", "1"]
     assert main([*argv, "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--json"]) == 0
-    setting = json.loads(capsys.readouterr().out)["setting"]
+    report = json.loads(capsys.readouterr().out)
+    setting = report["setting"]
     assert (setting["family"], setting["image_size"], setting["vision_tokens"]) == (
         "Qwen2.5-VL",
         [224, 336],
         96,
     )
+    assert report["serve"]["setting"]["vision_tokens"] == 96  # the serving batch's images are that size too
 
 
 def test_bench_says_when_a_preset_family_is_refused(monkeypatch, capsys) -> None:

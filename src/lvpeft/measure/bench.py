@@ -162,7 +162,7 @@ def run_bench(
                 peak_memory_mb=peak,
             )
         )
-    serve_report = run_serve(peft_model, variants, serve) if serve is not None else None
+    serve_report = run_serve(peft_model, variants, serve, image_size=image_size) if serve else None
     flops = estimate_flops(
         model.config,
         text_tokens=text_tokens,

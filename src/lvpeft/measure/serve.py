@@ -141,6 +141,7 @@ def run_serve(
     variants: dict[str, Callable[[], Any]],
     setting: ServeSetting,
     seed: int = 0,
+    image_size: tuple[int, int] | None = None,
 ) -> ServeReport:
     """Measure serving-shaped `generate()` under each variant (see the module docstring).
 
@@ -150,11 +151,12 @@ def run_serve(
             is the base the ratios compare against, the second the pruned model they describe.
         setting: the batch, the tokens to generate and the rounds.
         seed: seeds the prompts' lengths, tokens and pixels.
+        image_size: every prompt image's (H, W) in pixels (None: 672 x 672), as `lvpeft bench --image-size`.
     """
     device = next(peft_model.parameters()).device
     config = peft_model.get_base_model().config
     lengths = serve_text_lengths(setting.prompts, setting.text_tokens, seed)
-    inputs = make_serve_inputs(peft_model.get_base_model(), lengths, seed)
+    inputs = make_serve_inputs(peft_model.get_base_model(), lengths, seed, image_size)
     m = setting.new_tokens
     pad = config.text_config.pad_token_id
     options = dict(
