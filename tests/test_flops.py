@@ -363,6 +363,26 @@ def test_cli_reads_a_local_qwen_processors_pixel_bounds(tmp_path, capsys):
     assert override["vision_tokens"] == 2691 and override["resized_size"] == [1092, 1932]
 
 
+def test_cli_reads_a_local_tiled_processors_settings(tmp_path, capsys):
+    """Idefics3's `size.longest_edge` and InternVL's `max_patches` come from preprocessor_config.json; the
+    flags override them."""
+    import transformers as tf
+
+    idefics3, internvl = tmp_path / "idefics3", tmp_path / "internvl"
+    tf.Idefics3Config(vision_config={"image_size": 364, "patch_size": 14}).save_pretrained(idefics3)
+    (idefics3 / "preprocessor_config.json").write_text(json.dumps({"size": {"longest_edge": 728}}))
+    argv = ["flops", "--model", str(idefics3), "--image-size", "1080", "1920", "--json"]
+    assert json.loads(run_cli(argv, capsys))["vision_tokens"] == 5 * 169  # 2 x 2 tiles + the global image
+    tiles = json.loads(run_cli([*argv, "--longest-edge", "1456"], capsys))["vision_tokens"]
+    assert tiles == 13 * 169  # 3 x 4 tiles + the global image
+    vision = {"image_size": [448, 448], "patch_size": [14, 14]}
+    tf.InternVLConfig(vision_config=vision, text_config={"model_type": "qwen2"}).save_pretrained(internvl)
+    (internvl / "preprocessor_config.json").write_text(json.dumps({"max_patches": 1}))
+    argv = ["flops", "--model", str(internvl), "--image-size", "1080", "1920", "--json"]
+    assert json.loads(run_cli(argv, capsys))["vision_tokens"] == 256  # one tile
+    assert json.loads(run_cli([*argv, "--max-tiles", "12"], capsys))["vision_tokens"] == 9 * 256
+
+
 def test_docs_preset_table_is_current():
     from pathlib import Path
 

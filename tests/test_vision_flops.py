@@ -1,6 +1,7 @@
 """Per-family vision-token counts and FLOPs (`lvpeft.tuner.vision_tokens`, `lvpeft.tuner.vision_flops`):
 the token counts against transformers' own processors and models, the analytic FLOPs of every counted
-family against `torch.utils.flop_counter.FlopCounterMode` on a tiny random model, part by part."""
+family against `torch.utils.flop_counter.FlopCounterMode` on a tiny random model, part by part, with the
+pixel inputs `lvpeft bench` builds for that family."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from lvpeft.measure.bench_models import _finish, _pixel_inputs
 from lvpeft.tuner.flops import estimate_flops
-from lvpeft.tuner.vision_flops import qwen_window_sizes
+from lvpeft.tuner.vision_flops_qwen import qwen_window_sizes
 from lvpeft.tuner.vision_tokens import anyres_grid, flops_family, image_tokens
+from test_families import _config as family_config
 
 IMAGE, VOCAB = 120, 128
 NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # llava-v1.6's
@@ -117,71 +120,77 @@ MODEL_CLASSES = {
     "gemma3": tf.Gemma3ForConditionalGeneration,
     "paligemma": tf.PaliGemmaForConditionalGeneration,
 }
+FAMILY_TEST_CONFIGS = ("qwen3-vl", "idefics3", "smolvlm", "mistral3", "internvl", "aya-vision")
+"""Families whose tiny config is test_families.py's (1-3 vision layers, 4 decoder layers, 64 wide)."""
+FAMILIES = [*MODEL_CLASSES, *FAMILY_TEST_CONFIGS]
 # family -> image (H, W) in pixels for the cross-check: odd sizes, so that tiles are unpadded, reduced
-# (OneVision) and Qwen windows are cut at the edges
+# (OneVision), Qwen windows are cut at the edges, images are split into tiles (Idefics3, SmolVLM: 2 x 4
+# and a global image; InternVL, AyaVision: 1 x 2 and a thumbnail) and scaled down (Mistral3's Pixtral)
 IMAGE_SIZES = {
     "llava-next": (40, 90),
     "llava-onevision": (50, 60),
     "qwen2-vl": (40, 56),
     "qwen2.5-vl": (40, 56),
+    **dict.fromkeys(FAMILY_TEST_CONFIGS, (40, 90)),
 }
 
 
-def _pixels(family: str, config: tf.PreTrainedConfig, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    image = image_tokens(config, size, min_pixels=64)
-    g = torch.Generator().manual_seed(0)
+def _model_and_config(family: str) -> tuple[type, tf.PreTrainedConfig]:
+    if family in MODEL_CLASSES:
+        return MODEL_CLASSES[family], tiny_config(family)
+    return family_config(family)
+
+
+def _parts(family: str) -> tuple[str, list[str], str]:
+    """(vision tower, projector modules, language model) under `model.`; a projector module inside the
+    tower (the Qwen mergers) is taken out of the tower's count."""
     if family.startswith("qwen"):
-        vc = config.vision_config
-        width = 3 * vc.temporal_patch_size * vc.patch_size**2
-        return {
-            "pixel_values": torch.randn(image.grid[0] * image.grid[1], width, generator=g),
-            "image_grid_thw": torch.tensor([[1, *image.grid]]),
-        }
-    if family in ("llava-next", "llava-onevision"):
-        return {
-            "pixel_values": torch.randn(1, image.views, 3, 32, 32, generator=g),
-            "image_sizes": torch.tensor([size]),
-        }
-    side = config.vision_config.image_size
-    return {"pixel_values": torch.randn(1, 3, side, side, generator=g)}
+        deepstack = ["visual.deepstack_merger_list"] if family == "qwen3-vl" else []
+        return "visual", ["visual.merger", *deepstack], "language_model"
+    if family in ("idefics3", "smolvlm"):
+        return "vision_model", ["connector"], "text_model"
+    return "vision_tower", ["multi_modal_projector"], "language_model"
 
 
 def _measure(family: str, text_tokens: int = 9) -> tuple[dict[str, int], object]:
-    """FlopCounterMode's counts of one prefill (logits of the last position), per part, and the estimate."""
-    config = tiny_config(family)
+    """FlopCounterMode's counts of one prefill (logits of the last position), per part, and the estimate;
+    the pixel inputs are `lvpeft bench`'s for the family (`bench_models._pixel_inputs`)."""
+    model_class, config = _model_and_config(family)
     size = IMAGE_SIZES.get(family, (32, 32))
     report = estimate_flops(config, text_tokens=text_tokens, image_size=size, min_pixels=64)
     torch.manual_seed(0)
-    model = MODEL_CLASSES[family](config).eval()
+    model = model_class(config).eval()
     n = report.vision_tokens
     ids = torch.cat(
         [torch.tensor([[1, 5]]), torch.full((1, n), IMAGE), torch.arange(7, 7 + text_tokens - 2)[None]], 1
     )
-    inputs = {"input_ids": ids, **_pixels(family, config, size)}
-    if family.startswith("qwen"):
-        inputs["mm_token_type_ids"] = (ids == IMAGE).int()
-    if family == "gemma3":
-        inputs["token_type_ids"] = (ids == IMAGE).long()
+    image = image_tokens(config, size, min_pixels=64)
+    pixels = _pixel_inputs(config, image, 1, torch.Generator().manual_seed(0))
+    inputs = _finish(model, ids, torch.ones_like(ids), pixels)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         model(**inputs, logits_to_keep=1)
     counts = {name: sum(c.values()) for name, c in counter.get_flop_counts().items()}
-    prefix = f"{type(model).__name__}."
-    if family.startswith("qwen"):
-        merger = counts[prefix + "model.visual.merger"]
-        parts = {"vision": counts[prefix + "model.visual"] - merger, "projector": merger}
-    else:
-        parts = {
-            "vision": counts[prefix + "model.vision_tower"],
-            "projector": counts[prefix + "model.multi_modal_projector"],
-        }
-    parts["decoder"] = counts[prefix + "model.language_model"]
-    parts["lm_head"] = counts[prefix + "lm_head"]
-    parts["total"] = counter.get_total_flops()
+    prefix = f"{type(model).__name__}.model."
+
+    def flops(name: str) -> int:  # a ModuleList has no entry of its own: the sum of its children
+        name = prefix + name
+        children = (k for k in counts if k.startswith(name + ".") and "." not in k[len(name) + 1 :])
+        return counts[name] if name in counts else sum(counts[k] for k in children)
+
+    tower, projectors, decoder = _parts(family)
+    inside = sum(flops(name) for name in projectors if name.startswith(tower + "."))
+    parts = {
+        "vision": flops(tower) - inside,
+        "projector": sum(flops(name) for name in projectors),
+        "decoder": flops(decoder),
+        "lm_head": counts[f"{type(model).__name__}.lm_head"],
+        "total": counter.get_total_flops(),
+    }
     return parts, report
 
 
-@pytest.mark.parametrize("family", list(MODEL_CLASSES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_matches_flop_counter(family: str) -> None:
     """Every part equals what torch counts, exactly: FlopCounterMode counts matrix products only, as the
     analytic count does (Gemma 3's sliding-window layers too: their mask skips no product). The model
@@ -195,7 +204,8 @@ def test_each_family_matches_flop_counter(family: str) -> None:
 def test_tiny_families_token_counts() -> None:
     """The cross-checks above run on these counts (the model raises on any other placeholder count)."""
     counts = {
-        f: image_tokens(tiny_config(f), IMAGE_SIZES.get(f, (32, 32)), min_pixels=64) for f in MODEL_CLASSES
+        f: image_tokens(_model_and_config(f)[1], IMAGE_SIZES.get(f, (32, 32)), min_pixels=64)
+        for f in FAMILIES
     }
     assert counts["llava-next"].grid == (1, 3) and counts["llava-next"].views == 4
     assert counts["qwen2.5-vl"].grid == (10, 14) and counts["qwen2.5-vl"].llm_tokens == 35
@@ -205,6 +215,18 @@ def test_tiny_families_token_counts() -> None:
     assert counts["llava-siglip"].llm_tokens == 15
     # OneVision: 2 x 2 tiles of 4 x 4 features, unpadded to 8 x 6 (48 > 1.1 x 16): reduced
     assert counts["llava-onevision"].llm_tokens < 16 + 48 + 8
+    # Qwen3-VL: 4 px patches merged 2 x 2: 40 x 90 -> 40 x 88 px, 10 x 22 patches, 55 tokens
+    assert counts["qwen3-vl"].grid == (10, 22) and counts["qwen3-vl"].llm_tokens == 55
+    # Idefics3 / SmolVLM: longest side to 4 x 32 = 128, 56 -> 64 rows: 2 x 4 tiles + the global image,
+    # 8 x 8 patches each shuffled 2 x 2 into 16 tokens
+    for family in ("idefics3", "smolvlm"):
+        assert (counts[family].grid, counts[family].views, counts[family].llm_tokens) == ((2, 4), 9, 144)
+    # Mistral3: scaled into 64 px (28 x 64), rounded up to 16 px: 32 x 64, 4 x 8 patches merged into 8 tokens
+    assert counts["mistral3"].resized == (32, 64) and counts["mistral3"].llm_tokens == 8
+    # InternVL / AyaVision: a 1 x 2 grid (aspect 2.25) and a thumbnail, 16 tokens each; InternViT's CLS
+    assert counts["internvl"].views == counts["aya-vision"].views == 3
+    assert counts["internvl"].llm_tokens == counts["aya-vision"].llm_tokens == 48
+    assert (counts["internvl"].tower_tokens, counts["aya-vision"].tower_tokens) == (65, 64)
 
 
 # -- token counts against transformers' processors ----------------------------------------------------
@@ -289,9 +311,8 @@ def test_qwen_windows_cover_the_image() -> None:
 @pytest.mark.parametrize(
     ("config", "name"),
     [
-        (tf.Idefics3Config(), "Idefics3"),
-        (tf.Mistral3Config(), "Mistral3"),
-        (tf.Qwen3VLConfig(), "Qwen3-VL"),
+        (tf.Llama4Config(), "Llama 4"),
+        (tf.Qwen3VLMoeConfig(), "Qwen3-VL"),
         (tf.LlamaConfig(), "`llama`"),
     ],
 )

@@ -12,6 +12,9 @@ import torch
 from ..tuner.vision_tokens import ImageTokens, image_tokens
 from .presets import PRESET_CONFIGS, SPECIAL_TOKEN_KEYS, preset_config, shrunk_config
 
+QWEN_VL = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+"""The Qwen-VL families: flattened patches + `image_grid_thw`, and `mm_token_type_ids` for M-RoPE."""
+
 DEFAULT_CONFIG = dict(hidden=512, layers=8, heads=8, kv_heads=8, mlp=1376, vocab=32064, image=336, patch=14)
 """`lvpeft bench`'s default model: LLaVA-1.5's token counts (576 vision tokens) and a small decoder."""
 
@@ -140,17 +143,28 @@ def _pixel_inputs(
     config: Any, image: ImageTokens, images: int, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
     """Random pixel inputs of `images` images encoded as `image`, shaped as the family's processor shapes
-    them: (images, 3, S, S); anyres (images, views, 3, S, S) + `image_sizes` (images, 2); Qwen2-VL family
-    (images * h * w, 3 * 2 * P * P) flattened patches + `image_grid_thw` (images, 3)."""
+    them: (images, 3, S, S); anyres (images, views, 3, S, S) + `image_sizes` (images, 2); Qwen-VL families
+    (images * h * w, 3 * 2 * P * P) flattened patches + `image_grid_thw` (images, 3); Idefics3 / SmolVLM
+    (images, views, 3, S, S); InternVL / AyaVision (images * views, 3, S, S); Mistral3 (images, 3, H', W')
+    at the resized size + `image_sizes` (images, 2)."""
     vc = config.vision_config
-    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+    if config.model_type in QWEN_VL:
         width = getattr(vc, "in_channels", 3) * vc.temporal_patch_size * vc.patch_size**2
         patches = image.grid[0] * image.grid[1]
         return {
             "pixel_values": torch.randn(images * patches, width, generator=generator),
             "image_grid_thw": torch.tensor([[1, *image.grid]] * images),
         }
-    side = vc.image_size
+    if config.model_type == "mistral3":
+        return {
+            "pixel_values": torch.randn(images, 3, *image.resized, generator=generator),
+            "image_sizes": torch.tensor([list(image.resized)] * images),
+        }
+    side = vc.image_size if isinstance(vc.image_size, int) else vc.image_size[0]
+    if config.model_type in ("internvl", "aya_vision"):
+        return {"pixel_values": torch.randn(images * image.views, 3, side, side, generator=generator)}
+    if config.model_type in ("idefics3", "smolvlm"):
+        return {"pixel_values": torch.randn(images, image.views, 3, side, side, generator=generator)}
     if image.views > 1:
         return {
             "pixel_values": torch.randn(images, image.views, 3, side, side, generator=generator),
@@ -163,13 +177,13 @@ def _finish(
     model: Any, ids: torch.Tensor, mask: torch.Tensor, pixels: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """The model's inputs on its device: ids, mask, pixels (in its dtype), and the per-token types some
-    families need (Qwen2-VL family: `mm_token_type_ids` for M-RoPE; Gemma 3: `token_type_ids`, which
+    families need (Qwen-VL families: `mm_token_type_ids` for M-RoPE; Gemma 3: `token_type_ids`, which
     make each image's tokens attend to each other both ways)."""
     config = model.config
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     out = {"input_ids": ids, "attention_mask": mask}
-    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+    if config.model_type in QWEN_VL:
         out["mm_token_type_ids"] = (ids == config.image_token_id).int()
     if config.model_type == "gemma3":
         out["token_type_ids"] = (ids == config.image_token_id).long()

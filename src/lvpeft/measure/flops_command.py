@@ -53,18 +53,38 @@ def load_model_config(model: str) -> PreTrainedConfig:
 
 
 def processor_pixel_bounds(model: str) -> dict[str, int]:
-    """`min_pixels` / `max_pixels` of a local model directory's `preprocessor_config.json` (the Qwen2-VL
-    family's image processor bounds: top-level keys or `size.shortest_edge` / `size.longest_edge`), or {}."""
-    path = Path(model) / "preprocessor_config.json"
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
+    """`min_pixels` / `max_pixels` of a local model directory's `preprocessor_config.json` (the Qwen-VL
+    families' image processor bounds: top-level keys or `size.shortest_edge` / `size.longest_edge`), or {}."""
+    data = _preprocessor_config(model)
     size = data.get("size") if isinstance(data.get("size"), dict) else {}
     bounds = {
         "min_pixels": data.get("min_pixels", size.get("shortest_edge") if "longest_edge" in size else None),
         "max_pixels": data.get("max_pixels", size.get("longest_edge")),
     }
     return {key: int(value) for key, value in bounds.items() if isinstance(value, int)}
+
+
+def processor_settings(model: str, config: PreTrainedConfig) -> dict[str, int]:
+    """The image-processor settings the vision-token count of `config`'s family depends on, read from a local
+    model directory's `preprocessor_config.json` ({} where there is none): the Qwen-VL families' pixel
+    bounds (`processor_pixel_bounds`), Idefics3 / SmolVLM's and Mistral3's `size.longest_edge` as
+    `longest_edge`, InternVL / AyaVision's `max_patches` as `max_tiles`."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        return processor_pixel_bounds(model)
+    data = _preprocessor_config(model)
+    size = data.get("size") if isinstance(data.get("size"), dict) else {}
+    settings = {}
+    if model_type in ("idefics3", "smolvlm", "mistral3"):
+        settings["longest_edge"] = size.get("longest_edge")
+    if model_type in ("internvl", "aya_vision"):
+        settings["max_tiles"] = data.get("max_patches")
+    return {key: value for key, value in settings.items() if isinstance(value, int)}
+
+
+def _preprocessor_config(model: str) -> dict[str, Any]:
+    path = Path(model) / "preprocessor_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _int_list(text: str) -> list[int]:
@@ -100,7 +120,8 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
         "flops",
         help="Analytic prefill FLOPs of a multimodal model, base vs pruned.",
         description="Analytic prefill FLOPs (images + T text tokens) of a multimodal model (LLaVA, "
-        "LLaVA-NeXT, LLaVA-OneVision, VipLlava, Qwen2-VL, Qwen2.5-VL, Gemma 3, PaliGemma), base vs pruned, "
+        "LLaVA-NeXT, LLaVA-OneVision, VipLlava, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, PaliGemma, "
+        "Idefics3, SmolVLM, Mistral3, InternVL, AyaVision), base vs pruned, "
         "decision modules included and reported separately. Matrix products only, 2 FLOPs per multiply-add.",
     )
     parser.add_argument(
@@ -136,18 +157,32 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
         metavar=("H", "W"),
         default=None,
         help="height and width of each image in pixels (default 672 672): the vision-token count of "
-        "LLaVA-NeXT / OneVision (anyres tiles) and Qwen2-VL / 2.5-VL (dynamic resolution) depends on it; "
-        "fixed-size families resize every image",
+        "LLaVA-NeXT / OneVision, Idefics3, SmolVLM, InternVL, AyaVision (tiles), Qwen-VL and Mistral3 "
+        "(dynamic resolution) depends on it; fixed-size families resize every image",
     )
     parser.add_argument(
-        "--min-pixels", type=int, default=None, help="Qwen2-VL family: the image processor's min_pixels"
+        "--min-pixels", type=int, default=None, help="Qwen-VL families: the image processor's min_pixels"
     )
     parser.add_argument(
         "--max-pixels",
         type=int,
         default=None,
-        help="Qwen2-VL family: the image processor's max_pixels (default: a local model's "
-        "preprocessor_config.json, else the public checkpoints' 12845056)",
+        help="Qwen-VL families: the image processor's max_pixels (default: a local model's "
+        "preprocessor_config.json, else the public checkpoints' 12845056; Qwen3-VL 16777216)",
+    )
+    parser.add_argument(
+        "--longest-edge",
+        type=int,
+        default=None,
+        help="Idefics3 / SmolVLM and Mistral3: the image processor's size['longest_edge'] (default: a local "
+        "model's preprocessor_config.json, else 4 tower sides; Mistral3: the tower's image_size)",
+    )
+    parser.add_argument(
+        "--max-tiles",
+        type=int,
+        default=None,
+        help="InternVL / AyaVision: the image processor's max_patches (default: a local model's "
+        "preprocessor_config.json, else 12)",
     )
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     parser.set_defaults(func=flops_command)
@@ -162,8 +197,8 @@ def flops_command(args: argparse.Namespace) -> int:
         schedule = paper_schedule(args.keep, len(args.layers) if args.layers else 3)
     if schedule is None:  # the adapter's default keep 0.1: the paper's trained setting, rho = 0.5
         schedule = paper_schedule(0.1, len(args.layers) if args.layers else 3)
-    bounds = {} if args.model.lower() in PRESETS else processor_pixel_bounds(args.model)
-    for key in ("min_pixels", "max_pixels"):
+    bounds = {} if args.model.lower() in PRESETS else processor_settings(args.model, config)
+    for key in ("min_pixels", "max_pixels", "longest_edge", "max_tiles"):
         if getattr(args, key) is not None:
             bounds[key] = getattr(args, key)
     report = estimate_flops(

@@ -3,8 +3,9 @@
 Counts one prefill forward pass (what `generate()` runs before the first new token) of a LLaVA-like
 model on `num_images` images of a given size and `text_tokens` language tokens, from its config alone:
 no weights, no forward pass. The pruned count adds the decision modules, which are also reported on
-their own. Families: LLaVA 1.5, VipLlava, LLaVA-NeXT (anyres), LLaVA-OneVision, Qwen2-VL and Qwen2.5-VL
-(dynamic resolution), Gemma 3, PaliGemma; others are refused with their name.
+their own. Families: LLaVA 1.5, VipLlava, LLaVA-NeXT (anyres), LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL and
+Qwen3-VL (dynamic resolution), Gemma 3, PaliGemma, Idefics3, SmolVLM, InternVL, AyaVision (tiles),
+Mistral3 (native resolution); others are refused with their name.
 
 Counting conventions (they reproduce the paper's FLOPs table within 1 %, see METHOD.md):
 
@@ -13,7 +14,8 @@ Counting conventions (they reproduce the paper's FLOPs table within 1 %, see MET
   additions, pooling and biases are ignored: together they are well under 1 % of the total. This is
   also what `torch.utils.flop_counter.FlopCounterMode` counts.
 - Vision side: how many views and tokens each image becomes is `lvpeft.tuner.vision_tokens` (anyres
-  tiles with unpadding and newline tokens, Qwen's `smart_resize`, Gemma 3's pooled 256), the tower and
+  tiles with unpadding and newline tokens, Qwen's `smart_resize`, Gemma 3's pooled 256, the tiled
+  families' tiles after their pixel shuffle, Pixtral's patches after its merger), the tower and
   projector FLOPs per family are `lvpeft.tuner.vision_flops`. For LLaVA-1.5 (CLIP-L/336): the patch
   embedding, then ALL 24 encoder layers on 577 tokens (CLS included; transformers runs every layer
   even when `vision_feature_layer=-2` reads the second-to-last one: the last is ~16 GFLOPs, 0.2 % of
@@ -270,13 +272,16 @@ def estimate_flops(
     image_size: tuple[int, int] | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    longest_edge: int | None = None,
+    max_tiles: int | None = None,
 ) -> FlopsReport:
     """Prefill FLOPs of a multimodal model on `num_images` images + `text_tokens` tokens, base vs pruned.
 
     Args:
         config: the multimodal model's config, of a family `lvpeft.tuner.vision_tokens.FLOPS_FAMILIES`
             lists (`LlavaConfig`, `LlavaNextConfig`, `LlavaOnevisionConfig`, `Qwen2VLConfig`,
-            `Qwen2_5_VLConfig`, `Gemma3Config`, `PaliGemmaConfig`, ...).
+            `Qwen2_5_VLConfig`, `Qwen3VLConfig`, `Gemma3Config`, `PaliGemmaConfig`, `Idefics3Config`,
+            `SmolVLMConfig`, `Mistral3Config`, `InternVLConfig`, `AyaVisionConfig`, ...).
         text_tokens: T, language (non-vision) tokens in the prompt.
         layers: module positions, as decoder layers before each module (paper: [1, 8, 16]).
             None with a `schedule` uses the adapter's default placement (`lvpeft.pruning.placement`).
@@ -290,17 +295,28 @@ def estimate_flops(
         num_images: images in the prompt, all of `image_size`; ratios apply to all their vision tokens
             together.
         image_size: (H, W) of each image in pixels, for the families whose token count depends on it
-            (LLaVA-NeXT / OneVision tiles, Qwen2-VL dynamic resolution); None: 672 x 672
-            (`lvpeft.tuner.vision_tokens.DEFAULT_IMAGE_SIZE`). Fixed-size families resize every image.
-        min_pixels, max_pixels: Qwen2-VL family only, the image processor's pixel bounds (default: the
-            public checkpoints' 3,136 and 12,845,056).
+            (LLaVA-NeXT / OneVision, Idefics3, SmolVLM, InternVL, AyaVision tiles; Qwen-VL and Mistral3
+            dynamic resolution); None: 672 x 672 (`lvpeft.tuner.vision_tokens.DEFAULT_IMAGE_SIZE`).
+            Fixed-size families resize every image.
+        min_pixels, max_pixels: Qwen-VL families only, the image processor's pixel bounds (default: the
+            public checkpoints' 3,136 and 12,845,056; Qwen3-VL: 65,536 and 16,777,216).
+        longest_edge: Idefics3 / SmolVLM and Mistral3 only, the image processor's `size["longest_edge"]`
+            (default: 4 tower sides; Mistral3: the tower's `image_size`).
+        max_tiles: InternVL / AyaVision only, the image processor's `max_patches` (default 12).
 
     Raises:
         ValueError: a family that is not counted (named), a position past the decoder's depth, a
             schedule whose length differs from `layers`, a ratio outside (0, 1], or another invalid
             argument (the message names it).
     """
-    image = image_tokens(config, image_size, min_pixels=min_pixels, max_pixels=max_pixels)  # family first
+    image = image_tokens(  # the family first: an uncounted one is refused before anything else
+        config,
+        image_size,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        longest_edge=longest_edge,
+        max_tiles=max_tiles,
+    )
     tc = config.text_config
     _check_positive_int("text_tokens", text_tokens)
     _check_positive_int("num_images", num_images)

@@ -9,14 +9,23 @@ views and tokens the tower runs on comes from `lvpeft.tuner.vision_tokens.image_
   the features are read from an earlier one) on all tokens (CLIP's CLS included, SigLIP has none):
   q/k/v/o, n x n scores and values, a two-matrix MLP. SigLIP's attention-pooling head is counted when
   the config enables it (`vision_use_head`; Gemma 3, PaliGemma and LLaVA-OneVision checkpoints do not).
-- Qwen2-VL tower: a Conv3d patch embedding over (temporal 2 x 14 x 14 x 3) inputs, layers with full
-  attention over the image's patches and a two-matrix MLP (`mlp_ratio`); Qwen2.5-VL: windowed
-  attention (windows of `window_size` px, i.e. 8 x 8 patches, smaller at the right and bottom edges)
-  except in `fullatt_block_indexes`, and a three-matrix SwiGLU MLP. Both end in the patch merger, which
-  is the projector here: 2 x 2 patches concatenated (4d) -> 4d -> the decoder's width.
+- Qwen2-VL, Qwen2.5-VL, Qwen3-VL towers and their patch mergers (the projector there, with Qwen3-VL's
+  DeepStack mergers): `lvpeft.tuner.vision_flops_qwen`.
+- Idefics3 / SmolVLM towers (SigLIP-like, no pooling head) run on every tile and the global image, each
+  S x S: (S/P)^2 patches. InternViT (InternVL) runs on every tile and the thumbnail with a CLS token
+  ((S/P)^2 + 1 tokens; q/k/v/o, two-matrix MLP). AyaVision's SigLIP tower on every tile and the thumbnail
+  as above (its head when `vision_use_head`). Pixtral (Mistral3) runs once on the image's (H'/P) x (W'/P)
+  patches, with a three-matrix gated MLP. With several images in one prompt, every tower is counted image
+  by image: Pixtral with eager or sdpa attention runs all of a prompt's patches as one sequence under a
+  block-diagonal mask, so for k > 1 images FlopCounterMode counts the cross-image score blocks too.
 - Projectors: LLaVA / VipLlava / NeXT / OneVision: Linear -> GELU -> Linear on the selected features of
   every view (before NeXT's unpadding, which only drops features); Gemma 3: one d_vision x d matrix on
-  the `mm_tokens_per_image` pooled tokens; PaliGemma: one Linear on every patch.
+  the `mm_tokens_per_image` pooled tokens; PaliGemma: one Linear on every patch. After a pixel shuffle
+  (a reshape: s x s neighbouring features concatenated, s^2 * d_vision wide): Idefics3 / SmolVLM one
+  Linear (s^2 d_vision -> d); InternVL Linear -> GELU -> Linear (s^2 d_vision -> d -> d); AyaVision
+  Linear (s^2 d_vision -> A, `alignment_intermediate_size`) -> SwiGLU halves -> Linear (A/2 -> d).
+  Mistral3: its patch merger (2 x 2 patches concatenated, 4 d_vision -> d_vision) then Linear -> GELU ->
+  Linear (d_vision -> d -> d) on the merged tokens.
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ def vit_layer_flops(
     )
 
 
-def _patch_embed_flops(patches: int, width: int, inputs_per_patch: int) -> int:
+def patch_embed_flops(patches: int, width: int, inputs_per_patch: int) -> int:
+    """FLOPs of a patch-embedding convolution: one `inputs_per_patch` -> `width` product per patch."""
     return 2 * patches * width * inputs_per_patch
 
 
@@ -47,7 +57,7 @@ def clip_siglip_tower_flops(vision_config: Any, tokens: int) -> int:
     vc = vision_config
     d, m = vc.hidden_size, vc.intermediate_size
     patches = (vc.image_size // vc.patch_size) ** 2
-    embed = _patch_embed_flops(patches, d, getattr(vc, "num_channels", 3) * vc.patch_size**2)
+    embed = patch_embed_flops(patches, d, getattr(vc, "num_channels", 3) * vc.patch_size**2)
     total = embed + vc.num_hidden_layers * vit_layer_flops(tokens, d, m)
     if str(getattr(vc, "model_type", "")).startswith("siglip") and getattr(vc, "vision_use_head", False):
         # one probe query: q and out projections on 1 token, k/v on all, 1 x n attention, MLP on 1 token
@@ -55,49 +65,14 @@ def clip_siglip_tower_flops(vision_config: Any, tokens: int) -> int:
     return total
 
 
-def qwen_window_sizes(grid_h: int, grid_w: int, merge: int, window_merged: int) -> list[int]:
-    """Patches in each attention window of a Qwen2.5-VL image of `grid_h` x `grid_w` patches: windows of
-    `window_merged` x `window_merged` merged tokens (merge x merge patches each), cut at the edges."""
-    rows, cols = grid_h // merge, grid_w // merge
-    sizes = []
-    for top in range(0, rows, window_merged):
-        for left in range(0, cols, window_merged):
-            h, w = min(window_merged, rows - top), min(window_merged, cols - left)
-            sizes.append(h * w * merge * merge)
-    return sizes
-
-
-def qwen_tower_flops(vision_config: Any, grid: tuple[int, int], model_type: str) -> int:
-    """FLOPs of the Qwen2-VL or Qwen2.5-VL vision transformer (without its merger) on one image of
-    `grid` = (h, w) patches; Qwen2.5-VL's windowed layers attend within their window only."""
+def vit_tower_flops(vision_config: Any, patches: int, tokens: int, *, gated: bool = False) -> int:
+    """FLOPs of a ViT on one view: the patch-embedding convolution on `patches` patches, then every layer on
+    `tokens` tokens (patches, plus a CLS token where the tower has one), MLP of 2 (3 if `gated`) matrices."""
     vc = vision_config
-    n = grid[0] * grid[1]
-    inputs = getattr(vc, "in_channels", 3) * vc.temporal_patch_size * vc.patch_size**2
-    if model_type == "qwen2_vl":
-        d = vc.embed_dim
-        return _patch_embed_flops(n, d, inputs) + vc.depth * vit_layer_flops(n, d, d * vc.mlp_ratio)
+    patch = vc.patch_size if isinstance(vc.patch_size, int) else vc.patch_size[0]
     d, m = vc.hidden_size, vc.intermediate_size
-    merge = vc.spatial_merge_size
-    windows = qwen_window_sizes(*grid, merge, vc.window_size // merge // vc.patch_size)
-    full_layers = sum(1 for i in range(vc.depth) if i in set(vc.fullatt_block_indexes))
-    dense = vit_layer_flops(n, d, m, gated=True, attended=0)  # everything but the attention products
-    full_attention = 2 * 2 * n * n * d
-    window_attention = sum(2 * 2 * s * s * d for s in windows)
-    return (
-        _patch_embed_flops(n, d, inputs)
-        + vc.depth * dense
-        + full_layers * full_attention
-        + (vc.depth - full_layers) * window_attention
-    )
-
-
-def qwen_merger_flops(vision_config: Any, merged_tokens: int, model_type: str) -> int:
-    """FLOPs of the Qwen2-VL / Qwen2.5-VL patch merger: (merge^2 * d) -> (merge^2 * d) -> decoder width."""
-    vc = vision_config
-    width = vc.embed_dim if model_type == "qwen2_vl" else vc.hidden_size
-    out = vc.hidden_size if model_type == "qwen2_vl" else vc.out_hidden_size
-    wide = width * vc.spatial_merge_size**2
-    return 2 * merged_tokens * (wide * wide + wide * out)
+    embed = patch_embed_flops(patches, d, getattr(vc, "num_channels", 3) * patch**2)
+    return embed + vc.num_hidden_layers * vit_layer_flops(tokens, d, m, gated=gated)
 
 
 def _feature_layers(config: Any) -> int:
@@ -111,14 +86,32 @@ def vision_side_flops(config: Any, image: ImageTokens) -> tuple[int, int]:
     """(vision tower, projector) FLOPs of the model of `config` on one image encoded as `image`."""
     model_type = config.model_type
     vc = config.vision_config
-    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        from .vision_flops_qwen import qwen_merger_flops, qwen_tower_flops  # it imports this module
+
         tower = qwen_tower_flops(vc, image.grid, model_type)
         return tower, qwen_merger_flops(vc, image.projector_tokens, model_type)
+    d_vision, d_text = vc.hidden_size, config.text_config.hidden_size
+    tokens = image.projector_tokens
+    if model_type == "mistral3":  # patch merger (merge^2 d_vision -> d_vision), then Linear -> GELU -> Linear
+        tower = vit_tower_flops(vc, image.tower_tokens, image.tower_tokens, gated=True)
+        merger = 2 * tokens * config.spatial_merge_size**2 * d_vision * d_vision
+        width_in = d_vision * _feature_layers(config)
+        return tower, merger + 2 * tokens * (width_in * d_text + d_text * d_text)
+    if model_type == "internvl":  # InternViT with CLS; pixel shuffle, then Linear -> GELU -> Linear
+        tower = image.views * vit_tower_flops(vc, image.tower_tokens - 1, image.tower_tokens)
+        wide = d_vision * int(1 / config.downsample_ratio) ** 2
+        return tower, 2 * tokens * (wide * d_text + d_text * d_text)
     tower = image.views * clip_siglip_tower_flops(vc, image.tower_tokens)
-    d_text = config.text_config.hidden_size
+    if model_type in ("idefics3", "smolvlm"):  # pixel shuffle, then one Linear
+        return tower, 2 * tokens * d_vision * config.scale_factor**2 * d_text
+    if model_type == "aya_vision":  # pixel shuffle, then Linear -> SwiGLU (halves the width) -> Linear
+        inner = getattr(config, "alignment_intermediate_size", d_text)
+        wide = d_vision * config.downsample_factor**2
+        return tower, 2 * tokens * (wide * inner + inner // 2 * d_text)
     if model_type == "gemma3":
-        return tower, 2 * image.llm_tokens * vc.hidden_size * d_text
+        return tower, 2 * image.llm_tokens * d_vision * d_text
     if model_type == "paligemma":
-        return tower, 2 * image.projector_tokens * vc.hidden_size * config.vision_config.projection_dim
-    width_in = vc.hidden_size * _feature_layers(config)
-    return tower, 2 * image.projector_tokens * (width_in * d_text + d_text * d_text)
+        return tower, 2 * tokens * d_vision * vc.projection_dim
+    width_in = d_vision * _feature_layers(config)
+    return tower, 2 * tokens * (width_in * d_text + d_text * d_text)
