@@ -12,7 +12,7 @@ import torch
 from ..tuner.vision_tokens import ImageTokens, image_tokens
 from .presets import PRESET_CONFIGS, SPECIAL_TOKEN_KEYS, preset_config, shrunk_config
 
-QWEN_VL = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+QWEN_VL = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 """The Qwen-VL families: flattened patches + `image_grid_thw`, and `mm_token_type_ids` for M-RoPE."""
 
 DEFAULT_CONFIG = dict(hidden=512, layers=8, heads=8, kv_heads=8, mlp=1376, vocab=32064, image=336, patch=14)

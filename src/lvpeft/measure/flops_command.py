@@ -70,7 +70,7 @@ def processor_settings(model: str, config: PreTrainedConfig) -> dict[str, int]:
     bounds (`processor_pixel_bounds`), Idefics3 / SmolVLM's and Mistral3's `size.longest_edge` as
     `longest_edge`, InternVL / AyaVision's `max_patches` as `max_tiles`."""
     model_type = getattr(config, "model_type", None)
-    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
         return processor_pixel_bounds(model)
     data = _preprocessor_config(model)
     size = data.get("size") if isinstance(data.get("size"), dict) else {}

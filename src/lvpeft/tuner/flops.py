@@ -4,8 +4,8 @@ Counts one prefill forward pass (what `generate()` runs before the first new tok
 model on `num_images` images of a given size and `text_tokens` language tokens, from its config alone:
 no weights, no forward pass. The pruned count adds the decision modules, which are also reported on
 their own. Families: LLaVA 1.5, VipLlava, LLaVA-NeXT (anyres), LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL and
-Qwen3-VL (dynamic resolution), Gemma 3, PaliGemma, Idefics3, SmolVLM, InternVL, AyaVision (tiles),
-Mistral3 (native resolution); others are refused with their name.
+Qwen3-VL (dense and MoE; dynamic resolution), Gemma 3, PaliGemma, Idefics3, SmolVLM, InternVL, AyaVision
+(tiles), Mistral3 (native resolution); others are refused with their name.
 
 Counting conventions (they reproduce the paper's FLOPs table within 1 %, see METHOD.md):
 
@@ -26,6 +26,9 @@ Counting conventions (they reproduce the paper's FLOPs table within 1 %, see MET
   Sliding-window layers (Gemma 3: 5 of every 6, window 1,024; Mistral-v0.1) are counted in full in the
   same way: for a prompt shorter than the window that is exact, for a longer one it is the causal
   convention's upper bound. Gemma 3's bidirectional attention among image tokens does not change the count.
+  Mixture-of-experts layers (Qwen3-VL-MoE) count the router and the `num_experts_per_tok` experts each
+  token is routed to (what transformers' "eager" and "batched_mm" expert kernels compute; FlopCounterMode
+  does not count the default "grouped_mm" kernel's products).
 - LM head: once, for the last position only (d x V), as `generate()` runs prefill
   (`logits_to_keep=1`). Counting it over every position would add ~0.16 TFLOPs to LLaVA-1.5-7B.
 - Pruning: the modules sit at `layers` (number of decoder layers before each). Layers before the
@@ -162,8 +165,11 @@ class FlopsReport:
 # -- per-part counts ----------------------------------------------------------------------------------
 
 
-def decoder_layer_flops(text_config: PreTrainedConfig, n: int) -> int:
-    """FLOPs of one decoder layer on `n` tokens: q/k/v/o, full n x n attention, SwiGLU MLP."""
+def decoder_layer_flops(text_config: PreTrainedConfig, n: int, layer: int = 0) -> int:
+    """FLOPs of decoder layer `layer` on `n` tokens: q/k/v/o, full n x n attention, SwiGLU MLP; in a
+    mixture-of-experts layer (Qwen3-VL-MoE: `num_experts` > 0, every `decoder_sparse_step`-th layer not in
+    `mlp_only_layers`) the router (d -> experts) and `num_experts_per_tok` SwiGLU experts of
+    `moe_intermediate_size` per token instead of the MLP."""
     d, m = text_config.hidden_size, text_config.intermediate_size
     heads = text_config.num_attention_heads
     kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
@@ -171,6 +177,13 @@ def decoder_layer_flops(text_config: PreTrainedConfig, n: int) -> int:
     projections = 2 * n * d * head_dim * (2 * heads + 2 * kv_heads)  # q and o: h heads; k and v: kv heads
     attention = 2 * 2 * n * n * heads * head_dim  # scores and values
     mlp = 2 * 3 * n * d * m
+    experts = getattr(text_config, "num_experts", 0) or 0
+    step = getattr(text_config, "decoder_sparse_step", 1) or 1
+    dense = getattr(text_config, "mlp_only_layers", None) or []
+    sparse = experts > 0 and layer not in dense and (layer + 1) % step == 0
+    if sparse and hasattr(text_config, "moe_intermediate_size"):
+        routed = n * text_config.num_experts_per_tok
+        mlp = 2 * n * d * experts + 2 * 3 * routed * d * text_config.moe_intermediate_size
     return projections + attention + mlp
 
 
@@ -340,7 +353,8 @@ def estimate_flops(
     vision, projector = num_images * tower, num_images * projector
     lm_head = lm_head_flops(tc)
     full = n_vision + text_tokens
-    base = PartFlops(vision, projector, num_layers * decoder_layer_flops(tc, full), lm_head)
+    decoder = sum(decoder_layer_flops(tc, full, i) for i in range(num_layers))
+    base = PartFlops(vision, projector, decoder, lm_head)
 
     kept = tuple(int(keep_counts(torch.tensor([n_vision]), r)[0]) for r in sched)
     tokens = [full] * num_layers
@@ -359,7 +373,11 @@ def estimate_flops(
         for nv in alive[: len(pos)]
     )
     pruned = PartFlops(
-        vision, projector, sum(decoder_layer_flops(tc, n) for n in tokens), lm_head, sum(modules)
+        vision,
+        projector,
+        sum(decoder_layer_flops(tc, n, i) for i, n in enumerate(tokens)),
+        lm_head,
+        sum(modules),
     )
     return FlopsReport(
         base_tflops=base.total / _TERA,

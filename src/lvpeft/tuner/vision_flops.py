@@ -86,7 +86,7 @@ def vision_side_flops(config: Any, image: ImageTokens) -> tuple[int, int]:
     """(vision tower, projector) FLOPs of the model of `config` on one image encoded as `image`."""
     model_type = config.model_type
     vc = config.vision_config
-    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
         from .vision_flops_qwen import qwen_merger_flops, qwen_tower_flops  # it imports this module
 
         tower = qwen_tower_flops(vc, image.grid, model_type)

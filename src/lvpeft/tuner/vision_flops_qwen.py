@@ -42,7 +42,7 @@ def qwen_tower_flops(vision_config: Any, grid: tuple[int, int], model_type: str)
         d = vc.embed_dim
         return patch_embed_flops(n, d, inputs) + vc.depth * vit_layer_flops(n, d, d * vc.mlp_ratio)
     d, m = vc.hidden_size, vc.intermediate_size
-    if model_type == "qwen3_vl":
+    if model_type.startswith("qwen3_vl"):
         return patch_embed_flops(n, d, inputs) + vc.depth * vit_layer_flops(n, d, m)
     merge = vc.spatial_merge_size
     windows = qwen_window_sizes(*grid, merge, vc.window_size // merge // vc.patch_size)
@@ -65,5 +65,5 @@ def qwen_merger_flops(vision_config: Any, merged_tokens: int, model_type: str) -
     width = vc.embed_dim if model_type == "qwen2_vl" else vc.hidden_size
     out = vc.hidden_size if model_type == "qwen2_vl" else vc.out_hidden_size
     wide = width * vc.spatial_merge_size**2
-    mergers = 1 + len(vc.deepstack_visual_indexes) if model_type == "qwen3_vl" else 1
+    mergers = 1 + len(vc.deepstack_visual_indexes) if model_type.startswith("qwen3_vl") else 1
     return mergers * 2 * merged_tokens * (wide * wide + wide * out)

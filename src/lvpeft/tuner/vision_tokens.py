@@ -76,6 +76,7 @@ FLOPS_FAMILIES: dict[str, str] = {
     "gemma3": "Gemma 3",
     "paligemma": "PaliGemma",
     "qwen3_vl": "Qwen3-VL",
+    "qwen3_vl_moe": "Qwen3-VL",
     "idefics3": "Idefics3",
     "smolvlm": "SmolVLM",
     "mistral3": "Mistral3",
@@ -85,7 +86,7 @@ FLOPS_FAMILIES: dict[str, str] = {
 """`config.model_type` -> family name, for the families `lvpeft flops` counts."""
 
 _ANYRES = ("llava_next", "llava_next_video", "llava_onevision")
-_QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+_QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 _TILED = ("internvl", "aya_vision")
 
 
@@ -215,7 +216,7 @@ def _qwen_image(
 ) -> ImageTokens:
     """Qwen2-VL, Qwen2.5-VL, Qwen3-VL: `smart_resize`, one token per merge x merge patches."""
     vc = config.vision_config
-    qwen3 = config.model_type == "qwen3_vl"
+    qwen3 = config.model_type.startswith("qwen3_vl")
     if min_pixels is None:
         min_pixels = QWEN3_MIN_PIXELS if qwen3 else QWEN_MIN_PIXELS
     if max_pixels is None:
