@@ -339,6 +339,13 @@ def test_bad_image_size_is_refused() -> None:
     for bad in [(0, 10), (10,), (10.5, 10)]:
         with pytest.raises(ValueError, match="image_size"):
             image_tokens(config, bad)
+    for name, bad in [("longest_edge", 0), ("max_tiles", True)]:
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+            estimate_flops(_model_and_config("internvl")[1], **{name: bad})
+    internvl = _model_and_config("internvl")[1]
+    internvl.vision_config.image_size = [32, 48]
+    with pytest.raises(ValueError, match="square tiles"):
+        image_tokens(internvl)
 
 
 def test_onevision_counts_match_its_processors_formula() -> None:
