@@ -18,8 +18,8 @@ tokens they write) and models (the features they produce), re-derived here witho
 - Gemma 3: the image is resized to the SigLIP tower's S x S (896: 4,096 patches); an average pool
   leaves `mm_tokens_per_image` (256) tokens. Pan-and-scan crops (off by default) are not counted.
 - PaliGemma: SigLIP's (S/P)^2 tokens (256 at 224 px).
-- Qwen3-VL: as Qwen2-VL with 16 px patches (`smart_resize` to multiples of 32; the public checkpoints'
-  bounds are 65,536 and 16,777,216 pixels): (H'/32) * (W'/32) tokens.
+- Qwen3-VL (and -MoE): as Qwen2-VL with 16 px patches (`smart_resize` to multiples of 32; the public
+  checkpoints' bounds are 65,536 and 16,777,216 pixels): (H'/32) * (W'/32) tokens.
 - Idefics3, SmolVLM: the image's longest side is resized to `longest_edge` (the processor's
   `size["longest_edge"]`, 4 tower sides by default: 1,456 for Idefics3-8B, 2,048 for SmolVLM-256M/500M),
   both sides are rounded up to whole tiles of the tower's side S, and the image is cut into those tiles
