@@ -43,12 +43,14 @@ from lvpeft.demo.scenes import SceneConfig
 from lvpeft.demo.tiny_model import (
     NUM_IMAGE_TOKENS,
     SHIPPED_BASE_DIR,
+    TEXT_BACKBONES,
     build_processor,
     build_tiny_config,
     build_tiny_llava,
     generate_answers,
     load_shipped_base,
 )
+from lvpeft.pruning.placement import default_layers
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,6 +72,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--vision-layers", type=int, default=4)
     p.add_argument("--text-hidden", type=int, default=128)
     p.add_argument("--text-layers", type=int, default=4)
+    p.add_argument(
+        "--text-backbone",
+        choices=sorted(TEXT_BACKBONES),
+        default="llama",
+        help="decoder family (the shipped bases: llama, LLaVA-1.5's; qwen2: same sizes, q/k/v biases)",
+    )
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--val-size", type=int, default=256)
     p.add_argument("--stop-at", type=float, default=0.985, help="stop when validation accuracy reaches it")
@@ -389,6 +397,7 @@ def main() -> None:
         vision_layers=args.vision_layers,
         text_hidden=args.text_hidden,
         text_layers=args.text_layers,
+        text_backbone=args.text_backbone,
     )
     if args.init_from is not None:  # a second stage: the model and its processor as saved
         model, processor = load_shipped_base(args.init_from)
@@ -563,16 +572,27 @@ tokens survive hardly matters. In a 32-layer LLaVA-1.5 this shortcut is a small 
 computation; in a 4-layer model it is most of it."""
     else:
         order = f"""The prompt has LLaVA-1.5's order, image first. The decoder has {first["text_layers"]}
-layers, so pruning modules sit at the paper's relative depths (before layers 1, 2, 4 by default) and
+layers, so pruning modules sit at the paper's relative depths (before layers \
+{", ".join(map(str, default_layers(int(first["text_layers"]), 3)))} by default) and
 most of the reading of the image happens after the first module. Nothing trains the question tokens
 to hold the answer early (no auxiliary loss on text positions; the per-patch loss reads the vision
 tower only) and there is no token-dropout stage, so which vision tokens survive decides the answer:
 see `training_record.json` and docs/recipe.md for what random pruning costs this model."""
     title = "Tiny LLaVA" if a["question_first"] == "True" else "Tiny LLaVA, image first"
+    backbone = first.get("text_backbone", "llama")  # records from before the option: Llama
+    decoder = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[backbone]
+    family = {"llama": "Llama", "qwen2": "Qwen2"}[backbone]
+    intro = (
+        "2-layer GELU projector, Llama decoder)"
+        if backbone == "llama"
+        else f"2-layer GELU projector) but a {family} decoder\n(`--text-backbone {backbone}`)"
+    )
+    if backbone != "llama":
+        title += f", {family} decoder"
     text = f"""# {title}: lvpeft's embedded base model
 
 A `transformers.LlavaForConditionalGeneration` with the classes LLaVA-1.5 uses (CLIP vision tower,
-2-layer GELU projector, Llama decoder), trained from scratch on the synthetic scenes VQA task of
+{intro}, trained from scratch on the synthetic scenes VQA task of
 `lvpeft.demo.scenes` so that tests, the demo and the notebooks have a real, offline base model.
 
 | | |
@@ -580,7 +600,7 @@ A `transformers.LlavaForConditionalGeneration` with the classes LLaVA-1.5 uses (
 | vision tower | `CLIPVisionModel`, {first["vision_layers"]} layers x {first["vision_hidden"]}, \
 96 px, patch 8 |
 | vision tokens | 144 per image (`vision_feature_select_strategy="default"` drops CLS) |
-| decoder | `LlamaForCausalLM`, {first["text_layers"]} layers x {first["text_hidden"]}, \
+| decoder | `{decoder}`, {first["text_layers"]} layers x {first["text_hidden"]}, \
 word-level vocabulary |
 | parameters | {record["parameters"] / 1e6:.2f} M, float32 (`model.safetensors`, {weights_mb:.1f} MB) |
 | prompt | `{prompt}` (the processor's chat template) |

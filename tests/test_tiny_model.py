@@ -14,6 +14,7 @@ from lvpeft.demo.tiny_model import (
     asks_question_first,
     build_processor,
     build_prompts,
+    build_tiny_config,
     build_tiny_llava,
     generate_answers,
     load_shipped_base,
@@ -93,6 +94,19 @@ def test_model_config_matches_llava_15_layout(model: LlavaForConditionalGenerati
     assert (config.vision_config.image_size // config.vision_config.patch_size) ** 2 == NUM_IMAGE_TOKENS
     size_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
     assert size_mb < 20
+
+
+def test_qwen2_text_backbone_and_unknown_backbone() -> None:
+    config = build_tiny_config(vocab_size=40, text_hidden=64, text_layers=2, text_backbone="qwen2")
+    assert config.text_config.model_type == "qwen2"
+    assert (config.text_config.pad_token_id, config.text_config.eos_token_id) == (0, 2)
+    assert config.text_config.tie_word_embeddings is False
+    model = build_tiny_llava(seed=0, config=config)
+    assert type(model.model.language_model).__name__ == "Qwen2Model"
+    assert model.model.language_model.layers[0].self_attn.q_proj.bias is not None
+    assert build_tiny_config(vocab_size=40).text_config.model_type == "llama"
+    with pytest.raises(ValueError, match=r"text_backbone='gpt2'.*llama.*qwen2"):
+        build_tiny_config(vocab_size=40, text_backbone="gpt2")
 
 
 def test_forward_and_generate(

@@ -31,6 +31,7 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedTokenizerFast,
+    Qwen2Config,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -56,6 +57,9 @@ PATCH_SIZE: int = 8
 """Vision patch side in pixels."""
 NUM_IMAGE_TOKENS: int = (IMAGE_SIZE // PATCH_SIZE) ** 2
 """Vision tokens per image in the decoder (144; CLS dropped)."""
+
+TEXT_BACKBONES: dict[str, type] = {"llama": LlamaConfig, "qwen2": Qwen2Config}
+"""Decoder families :func:`build_tiny_config` can build (the shipped bases use "llama")."""
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 """Special tokens, with ids 0..4 in this order."""
@@ -147,9 +151,22 @@ def build_tiny_config(
     vision_layers: int = 4,
     text_hidden: int = 192,
     text_layers: int = 6,
+    text_backbone: str = "llama",
 ) -> LlavaConfig:
-    """``LlavaConfig`` of the tiny model (CLIP ``vision_layers`` x ``vision_hidden``, Llama
-    ``text_layers`` x ``text_hidden``), ids matching :func:`build_tokenizer`."""
+    """``LlavaConfig`` of the tiny model (CLIP ``vision_layers`` x ``vision_hidden``, decoder
+    ``text_layers`` x ``text_hidden``), ids matching :func:`build_tokenizer`.
+
+    ``text_backbone`` picks the decoder family (:data:`TEXT_BACKBONES`): "llama" (the shipped bases,
+    LLaVA-1.5's) or "qwen2" (the same sizes; Qwen2 adds biases to the q/k/v projections).
+
+    Raises:
+        ValueError: ``text_backbone`` is not one of :data:`TEXT_BACKBONES`.
+    """
+    if text_backbone not in TEXT_BACKBONES:
+        raise ValueError(
+            f"text_backbone={text_backbone!r} is not a decoder family the tiny model can build; "
+            f"use one of {sorted(TEXT_BACKBONES)}"
+        )
     vision = CLIPVisionConfig(
         hidden_size=vision_hidden,
         intermediate_size=4 * vision_hidden,
@@ -160,7 +177,7 @@ def build_tiny_config(
         projection_dim=vision_hidden,
         hidden_act="quick_gelu",
     )
-    text = LlamaConfig(
+    text = TEXT_BACKBONES[text_backbone](
         vocab_size=vocab_size,
         hidden_size=text_hidden,
         intermediate_size=8 * text_hidden // 3 // 32 * 32,
