@@ -46,6 +46,7 @@ from ..tuner.flops import estimate_flops
 from ..tuner.model import get_lvpruning_model, lvpruning_tuner
 from .bench_models import PRESETS, build_default_model, build_preset, make_inputs
 from .breakdown import StepCosts, format_breakdown, profile_prefill
+from .presets import add_image_size_argument
 from .serve import ServeReport, ServeSetting, format_serve, run_serve
 from .timing import (
     cache_bytes,
@@ -290,15 +291,7 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         choices=PRESETS,
         help="instead of --model: an architecture built with random weights, directly on --device in --dtype",
     )
-    parser.add_argument(
-        "--image-size",
-        "--image_size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="the prompt image's height and width (default 672 672): sets the vision-token count of "
-        "LLaVA-NeXT (anyres tiles) and Qwen2.5-VL (dynamic resolution); other families resize it",
-    )
+    add_image_size_argument(parser)
     parser.add_argument(
         "--breakdown", action="store_true", help="also profile one prefill per variant: ms per step"
     )

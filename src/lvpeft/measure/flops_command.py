@@ -18,7 +18,7 @@ from transformers import AutoConfig, PreTrainedConfig
 
 from ..tuner.flops import FlopsReport, estimate_flops
 from ..tuner.layer import PAPER_PRUNER_DIM
-from .presets import PRESET_CONFIGS, llava_1_5_7b_config, preset_config
+from .presets import PRESET_CONFIGS, add_image_size_argument, llava_1_5_7b_config, preset_config
 
 __all__ = ["PRESETS", "add_flops_command", "llava_1_5_7b_config", "load_model_config", "paper_schedule"]
 
@@ -149,17 +149,7 @@ def add_flops_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--text-tokens", type=int, default=30, help="language tokens T (default 30)")
     parser.add_argument("--images", type=int, default=1, help="images in the prompt (default 1)")
-    parser.add_argument(
-        "--image-size",
-        "--image_size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        default=None,
-        help="height and width of each image in pixels (default 672 672): the vision-token count of "
-        "LLaVA-NeXT / OneVision, Idefics3, SmolVLM, InternVL, AyaVision (tiles), Qwen-VL and Mistral3 "
-        "(dynamic resolution) depends on it; fixed-size families resize every image",
-    )
+    add_image_size_argument(parser)
     parser.add_argument(
         "--min-pixels", type=int, default=None, help="Qwen-VL families: the image processor's min_pixels"
     )

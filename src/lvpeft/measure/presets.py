@@ -10,11 +10,13 @@ checkpoints, written from their public `config.json` (and, for the vision-token 
 | `gemma-3-4b` | `google/gemma-3-4b-it` | 256 (SigLIP 896 pooled 4 x 4) |
 
 `shrunk_config` keeps a preset's token geometry (image sizes, patches, tiles, windows, pooling) and
-makes every layer tiny, for CPU smoke runs and tests of the bench.
+makes every layer tiny, for CPU smoke runs and tests of the bench. `add_image_size_argument` is the
+`--image-size` option both commands share.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 from collections.abc import Callable
 from typing import Any
@@ -259,3 +261,18 @@ def _set(config: Any, **values: Any) -> None:
     for key, value in values.items():
         if hasattr(config, key):
             setattr(config, key, value)
+
+
+def add_image_size_argument(parser: argparse.ArgumentParser) -> None:
+    """Add `--image-size H W` (also `--image_size`; default None, i.e. `DEFAULT_IMAGE_SIZE`) to `parser`."""
+    parser.add_argument(
+        "--image-size",
+        "--image_size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="height and width of each image in pixels (default 672 672): the vision-token count of "
+        "LLaVA-NeXT / OneVision, Idefics3, SmolVLM, InternVL, AyaVision (tiles), Qwen-VL and Mistral3 "
+        "(dynamic resolution) depends on it; fixed-size families resize every image",
+    )
