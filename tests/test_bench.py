@@ -69,9 +69,10 @@ def test_interleaved_times_runs_every_variant_once_per_round() -> None:
 def test_bench_cli_json(tmp_path, capsys) -> None:
     tiny_llava(attn="sdpa").save_pretrained(tmp_path / "m")
     argv = ["bench", "--model", str(tmp_path / "m"), "--keep", "0.25", "--repeats", "1", "--warmup", "0"]
-    assert main([*argv, "--new-tokens", "2", "--text-tokens", "5", "--json"]) == 0
+    assert main([*argv, "--new-tokens", "2", "--text-tokens", "5", "--baselines", "all", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {"prefill_speedup", "flops_speedup", "kv_cache_ratio", "machine"} <= data.keys()
+    assert {"random", "uniform", "fastv"} <= {row["name"] for row in data["variants"]}
     assert data["setting"]["vision_tokens"] == 16 and data["setting"]["text_tokens"] == 5
 
 

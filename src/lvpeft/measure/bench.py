@@ -358,7 +358,8 @@ def bench_command(args: argparse.Namespace) -> int:
         given = ", ".join(f"--serve-{field.replace('_', '-')}" for field in serve_options)
         raise ValueError(f"{given} only apply to the serving measurement: add --serve (or drop them).")
     serve = ServeSetting(**serve_options) if args.serve else None  # checked before a model is loaded
-    baselines = _baseline_names([name for name in args.baselines.split(",") if name])
+    names = [name for name in args.baselines.split(",") if name]
+    baselines = _baseline_names(True if names == ["all"] else names)
     if args.model and args.preset:
         raise ValueError("give --model or --preset, not both.")
     dtype = getattr(torch, args.dtype)
