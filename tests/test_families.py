@@ -4,7 +4,8 @@ Per supported family (eager and sdpa where marked): the adapter loads through th
 description; adapter disabled == base, bit for bit; keep=1 == base (<= 1e-5); removal == the masked
 reference (<= 1e-5; left-padded prefill and a 5-step greedy generate, right-padded prefill); batched ==
 one by one; a late layer's KV cache holds fewer slots than the base's; training gradients reach the
-decision modules only. Qwen2-VL family: video tokens stay, image tokens are pruned exactly (M-RoPE).
+decision modules only. Video frames (Qwen-VL family, LLaVA-NeXT-Video, LLaVA-OneVision) are pruned
+like images, in one budget, exactly (Qwen-VL: M-RoPE).
 Refused families and unknown classes get an error that names them and says why.
 """
 
@@ -404,27 +405,48 @@ def test_batched_equals_one_by_one(family: str) -> None:
             assert alone.tolist() == tokens[i].tolist()
 
 
+def _video_prompt(family: str, with_image: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(1, L) ids and the model inputs of a prompt with one video and, or not, one image after it.
+
+    Qwen-VL: 2 frames of 8x8 patches, 32 video tokens (Qwen3-VL: a timestamp token between the frames),
+    16 image tokens. LLaVA-NeXT-Video: 4 frames of 32 px, pooled to 2x2 tokens each (16); LLaVA-OneVision:
+    the same plus its newline token (17); their images: a base view and one anyres tile (36 tokens).
+    """
+    g = torch.Generator().manual_seed(3)
+    if family.startswith("qwen"):
+        video = [*[VIDEO] * 16, 4, *[VIDEO] * 16] if family.startswith("qwen3") else [VIDEO] * 32
+        image = [6, *[IMAGE] * 16] if with_image else [6]
+        ids = torch.tensor([[1, 5, *video, *image, 7, 8, 9]])
+        inputs = {
+            "pixel_values_videos": torch.randn(128, 96, generator=g),
+            "video_grid_thw": torch.tensor([[2, 8, 8]]),
+            "mm_token_type_ids": (ids == IMAGE).int() + 2 * (ids == VIDEO).int(),
+        }
+        if with_image:
+            inputs.update(
+                pixel_values=torch.randn(64, 96, generator=g), image_grid_thw=torch.tensor([[1, 8, 8]])
+            )
+    else:
+        video = [VIDEO] * (16 if family == "llava-next-video" else 17)
+        image = [6, *[IMAGE] * CASES[family][1]] if with_image else [6]
+        ids = torch.tensor([[1, 5, *video, *image, 7, 8, 9]])
+        inputs = {"pixel_values_videos": torch.randn(1, 4, 3, 32, 32, generator=g)}
+        if with_image:
+            inputs.update(_pixels(family, 1))
+    return ids, {"input_ids": ids, "attention_mask": torch.ones_like(ids), **inputs}
+
+
 @pytest.mark.parametrize("with_image", [True, False], ids=["video-and-image", "video-only"])
-@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3-vl-moe"])
+@pytest.mark.parametrize(
+    "family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3-vl-moe", "llava-next-video", "llava-onevision"]
+)
 def test_video_frames_are_pruned_like_images(family: str, with_image: bool) -> None:
-    """A prompt with a video (2 frames: 32 tokens) and, or not, an image (16 tokens): video and image tokens
-    are pruned together, in one budget, exactly (M-RoPE positions of every kept frame token kept).
+    """A prompt with a video and, or not, an image (`_video_prompt`): video and image tokens are pruned
+    together, in one budget, exactly (Qwen-VL: M-RoPE positions of every kept frame token kept).
 
     Qwen3-VL separates a video's frames by timestamp text (one token here); its DeepStack features of
     both the video and the image follow the kept tokens."""
-    video = [*[VIDEO] * 16, 4, *[VIDEO] * 16] if family.startswith("qwen3") else [VIDEO] * 32
-    image = [6, *[IMAGE] * 16] if with_image else [6]
-    ids = torch.tensor([[1, 5, *video, *image, 7, 8, 9]])
-    g = torch.Generator().manual_seed(3)
-    inputs = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "pixel_values_videos": torch.randn(128, 96, generator=g),
-        "video_grid_thw": torch.tensor([[2, 8, 8]]),
-        "mm_token_type_ids": (ids == IMAGE).int() + 2 * (ids == VIDEO).int(),
-    }
-    if with_image:
-        inputs.update(pixel_values=torch.randn(64, 96, generator=g), image_grid_thw=torch.tensor([[1, 8, 8]]))
+    ids, inputs = _video_prompt(family, with_image)
 
     def copy() -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in inputs.items()}
@@ -446,7 +468,7 @@ def test_video_frames_are_pruned_like_images(family: str, with_image: bool) -> N
     torch.testing.assert_close(removed[~vision], masked[~vision], atol=1e-5, rtol=0)
     assert not torch.allclose(removed[0, -1], base[0, -1], atol=1e-3), "pruning had no effect"
     assert torch.equal(removed_gen.sequences, masked_gen.sequences)
-    n = int(vision.sum())  # 48 or 32
+    n = int(vision.sum())
     kept = [
         int(keep_counts(torch.tensor([n]), r)[0]) for r in model.peft_config["default"].resolve_schedule()
     ]
