@@ -58,6 +58,13 @@ def parse_args() -> argparse.Namespace:
         help="both: measure every variant with merge_dropped off and on (keys name@keep, "
         "name+merge@keep); config: as the config says",
     )
+    p.add_argument(
+        "--train-kinds",
+        help="train on these question kinds only, comma-separated (the held-out-kind study; default all)",
+    )
+    p.add_argument(
+        "--per-kind", action="store_true", help="also record each measurement's accuracy per question kind"
+    )
     p.add_argument("--out", required=True, help="JSONL file the result line is appended to")
     return p.parse_args()
 
@@ -98,7 +105,18 @@ def main() -> None:
         DEFAULT_SETTINGS, train_steps=args.steps, seed=args.seed, learning_rate=args.lr, test_examples=1
     )
     questions = make_split("validation", args.val, seed=0)
+    train_kinds = args.train_kinds.split(",") if args.train_kinds else None
     row: dict[str, Any] = {"name": args.name, "base": args.base, "seed": args.seed, "lr": args.lr}
+    if train_kinds:
+        row["train_kinds"] = train_kinds
+    per_kind: dict[str, dict[str, float]] = {}
+
+    def measure(key: str) -> None:
+        result = evaluate(model, processor, questions)
+        row[key] = result.accuracy
+        if args.per_kind:
+            per_kind[key] = result.per_kind
+
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         config = LVPruningConfig(keep=0.1, **changes)
@@ -107,17 +125,16 @@ def main() -> None:
         if args.baselines:
             model = get_lvpruning_model(base, config).eval()
             with model.disable_adapter():
-                row["unpruned"] = evaluate(model, processor, questions).accuracy
+                measure("unpruned")
             variants = scorer_variants(model)
             for keep in keeps:
                 with keep_ratio(model, keep):
                     for name in SCORERS:
                         with variants[name]():
                             for suffix in merge_settings(model, args.merge):
-                                result = evaluate(model, processor, questions)
-                                row[f"{name}{suffix}@{keep:g}"] = result.accuracy
+                                measure(f"{name}{suffix}@{keep:g}")
         else:
-            data = prepare_data(Path(tmp), settings, processor)
+            data = prepare_data(Path(tmp), settings, processor, train_kinds=train_kinds)
             model, trainer = train_adapter(
                 base, processor, data.train, settings, Path(tmp) / "adapter", config=config
             )
@@ -129,7 +146,9 @@ def main() -> None:
             for keep in keeps:
                 with keep_ratio(model, keep):
                     for suffix in merge_settings(model, args.merge):
-                        row[f"lvp{suffix}@{keep:g}"] = evaluate(model, processor, questions).accuracy
+                        measure(f"lvp{suffix}@{keep:g}")
+    if per_kind:
+        row["per_kind"] = per_kind
     row["seconds"] = round(time.time() - start)
     print(json.dumps(row), flush=True)
     with open(args.out, "a") as f:

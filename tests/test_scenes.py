@@ -188,3 +188,12 @@ def test_config_rejects_inconsistent_geometry() -> None:
         SceneConfig(image_size=100)
     with pytest.raises(ValueError):
         SceneConfig(max_objects=10)
+
+
+def test_make_split_of_some_kinds_skips_the_others_and_checks_them() -> None:
+    every = make_split("train", 40, seed=3)
+    some = make_split("train", 10, seed=3, kinds=["count", "exists"])
+    assert {e.kind for e in some} <= {"count", "exists"} and len(some) == 10
+    assert [e.id for e in some] == [e.id for e in every if e.kind in ("count", "exists")][:10]
+    with pytest.raises(ValueError, match="subset of"):
+        make_split("train", 1, kinds=["counting"])

@@ -165,10 +165,17 @@ def iter_split(split: str, seed: int = 0, config: SceneConfig | None = None) -> 
 
 
 def make_split(
-    split: str, num_examples: int, seed: int = 0, config: SceneConfig | None = None
+    split: str,
+    num_examples: int,
+    seed: int = 0,
+    config: SceneConfig | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> list[VQAExample]:
-    """The first ``num_examples`` examples of :func:`iter_split` as a list."""
-    stream = iter_split(split, seed, config)
+    """The first ``num_examples`` examples of :func:`iter_split` as a list; with ``kinds``, the first
+    ``num_examples`` whose question is of one of those kinds (the others are skipped)."""
+    if kinds is not None and (not kinds or set(kinds) - set(QUESTION_KINDS)):
+        raise ValueError(f"kinds must be a non-empty subset of {QUESTION_KINDS}, got {list(kinds)}")
+    stream = (e for e in iter_split(split, seed, config) if kinds is None or e.kind in kinds)
     return [next(stream) for _ in range(num_examples)]
 
 

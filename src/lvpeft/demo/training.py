@@ -4,6 +4,7 @@ does, then train an adapter on the frozen base with `LVPruningTrainer`."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,16 +31,19 @@ class DemoData:
     test: list[VQAExample]
 
 
-def prepare_data(out_dir: str | Path, settings: DemoSettings, processor: Any) -> DemoData:
+def prepare_data(
+    out_dir: str | Path, settings: DemoSettings, processor: Any, train_kinds: Sequence[str] | None = None
+) -> DemoData:
     """Draw the train and test splits, export them as LLaVA JSON + PNGs (the image placeholder before
-    or after the question, as `processor`'s prompt has it), load train back."""
+    or after the question, as `processor`'s prompt has it), load train back. `train_kinds`: train on
+    these question kinds only (scripts/recipe_study.py's held-out-kind study; None: all)."""
     from ..training.data.llava_format import load_llava_dataset
     from .questions import export_llava_json, make_split
     from .tiny_model import asks_question_first
 
     question_first = asks_question_first(processor)
     folder = Path(out_dir) / "data"
-    train = make_split("train", settings.train_examples, seed=settings.seed)
+    train = make_split("train", settings.train_examples, seed=settings.seed, kinds=train_kinds)
     test = make_split("test", settings.test_examples, seed=settings.seed)
     train_json = export_llava_json(train, folder, "train.json", question_first)
     export_llava_json(test, folder, "test.json", question_first)
