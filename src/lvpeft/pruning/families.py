@@ -92,14 +92,14 @@ FAMILIES: tuple[FamilyDescription, ...] = (
         model_classes=("LlavaNextVideoForConditionalGeneration", "LlavaNextVideoModel"),
         video_token_keys=_VIDEO_KEYS,
         model_types=("llava_next_video",),
-        notes="video frames are pruned like images (the video path is tested on the Qwen-VL families).",
+        notes="video frames are pruned like images.",
     ),
     FamilyDescription(
         name="LLaVA-OneVision",
         model_classes=("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionModel"),
         video_token_keys=_VIDEO_KEYS,
         model_types=("llava_onevision",),
-        notes="video frames are pruned like images (the video path is tested on the Qwen-VL families).",
+        notes="video frames are pruned like images.",
     ),
     FamilyDescription(
         name="VipLlava",
