@@ -32,23 +32,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .vision_flops_qwen import qwen_merger_flops, qwen_tower_flops
 from .vision_tokens import ImageTokens
-
-
-def vit_layer_flops(
-    tokens: int, width: int, mlp: int, *, gated: bool = False, attended: int | None = None
-) -> int:
-    """FLOPs of one pre-norm ViT layer on `tokens` tokens of `width`: q/k/v/o projections, scores and
-    values against `attended` keys each (default: all `tokens`), and an MLP of 2 (3 if `gated`) matrices."""
-    keys = tokens if attended is None else attended
-    return 2 * (
-        4 * tokens * width * width + 2 * tokens * keys * width + (3 if gated else 2) * tokens * width * mlp
-    )
-
-
-def patch_embed_flops(patches: int, width: int, inputs_per_patch: int) -> int:
-    """FLOPs of a patch-embedding convolution: one `inputs_per_patch` -> `width` product per patch."""
-    return 2 * patches * width * inputs_per_patch
+from .vit_flops import patch_embed_flops, vit_layer_flops
 
 
 def clip_siglip_tower_flops(vision_config: Any, tokens: int) -> int:
@@ -87,8 +73,6 @@ def vision_side_flops(config: Any, image: ImageTokens) -> tuple[int, int]:
     model_type = config.model_type
     vc = config.vision_config
     if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
-        from .vision_flops_qwen import qwen_merger_flops, qwen_tower_flops  # it imports this module
-
         tower = qwen_tower_flops(vc, image.grid, model_type)
         return tower, qwen_merger_flops(vc, image.projector_tokens, model_type)
     d_vision, d_text = vc.hidden_size, config.text_config.hidden_size

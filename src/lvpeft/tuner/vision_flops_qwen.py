@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .vision_flops import patch_embed_flops, vit_layer_flops
+from .vit_flops import patch_embed_flops, vit_layer_flops
 
 
 def qwen_window_sizes(grid_h: int, grid_w: int, merge: int, window_merged: int) -> list[int]:
