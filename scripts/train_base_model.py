@@ -580,8 +580,8 @@ tower only) and there is no token-dropout stage, so which vision tokens survive 
 see `training_record.json` and docs/recipe.md for what random pruning costs this model."""
     title = "Tiny LLaVA" if a["question_first"] == "True" else "Tiny LLaVA, image first"
     backbone = first.get("text_backbone", "llama")  # records from before the option: Llama
-    decoder = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[backbone]
-    family = {"llama": "Llama", "qwen2": "Qwen2"}[backbone]
+    family = TEXT_BACKBONES[backbone].__name__.removesuffix("Config")  # "Llama", "Qwen2"
+    decoder = f"{family}ForCausalLM"
     intro = (
         "2-layer GELU projector, Llama decoder)"
         if backbone == "llama"
